@@ -1,0 +1,42 @@
+# Gatekeeper — the two commands a new user needs: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEVSTAMP := $(VENV)/.installed-dev
+
+.PHONY: run test check lint fmt bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(DEVSTAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP) $@
+
+run: $(STAMP)
+	$(BIN)/gatekeeper serve
+
+test: $(DEVSTAMP)
+	$(BIN)/python -m pytest -q
+
+check: $(DEVSTAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+fmt: $(DEVSTAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(DEVSTAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .gatekeeper .pytest_cache .mypy_cache .ruff_cache
