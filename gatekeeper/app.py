@@ -1,0 +1,125 @@
+"""``create_app(config, node) -> Starlette``: routes, and a lifespan that builds the node.
+
+Long-lived things (NATS connection, HTTP pools, keyring, ledger, audit chain) are
+created in the lifespan and handed to the pipeline; nothing is global.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import orjson
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gatekeeper.catalog import Catalog, model_entry
+from gatekeeper.config import Config
+from gatekeeper.errors import GatewayError, MethodNotAllowed, ModelNotFound, NotFound
+from gatekeeper.http.boundary import endpoint
+from gatekeeper.http.inbound import request_id_for
+from gatekeeper.http.responses import error_response, json_response
+from gatekeeper.node import Node, start_node
+from gatekeeper.pipeline import Pipeline
+
+log = structlog.get_logger("gatekeeper.app")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    node_id: str
+    nats_url: str
+
+
+@dataclass(slots=True)
+class AppState:
+    config: Config
+    identity: NodeIdentity
+    catalog: Catalog
+    node: Node | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self.node is None:
+            raise GatewayError("The gateway is still starting")
+        return self.node.pipeline
+
+
+def create_app(config: Config, identity: NodeIdentity) -> Starlette:
+    state = AppState(config, identity, Catalog.build(config))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.node = await start_node(config, state.catalog, identity.node_id,
+                                      identity.nats_url)
+        log.info("node.started", node_id=identity.node_id, nats=identity.nats_url,
+                 models=len(state.catalog.models), demo=state.catalog.demo)
+        try:
+            yield
+        finally:
+            await state.node.stop(config.server.shutdown_grace_s)
+            log.info("node.stopped", node_id=identity.node_id)
+
+    @endpoint
+    async def chat(request: Request, rid: str, started: float) -> Response:
+        return await state.pipeline.chat_completions(request, rid, started)
+
+    @endpoint
+    async def embeddings(request: Request, rid: str, started: float) -> Response:
+        return await state.pipeline.embeddings(request, rid, started)
+
+    @endpoint
+    async def models(request: Request, rid: str, started: float) -> Response:
+        state.pipeline.verifier.verify_bearer(request.headers.get("authorization"))
+        body = {"object": "list", "data": state.catalog.listing(state.created)}
+        return json_response(orjson.dumps(body), {"x-request-id": rid})
+
+    @endpoint
+    async def model(request: Request, rid: str, started: float) -> Response:
+        state.pipeline.verifier.verify_bearer(request.headers.get("authorization"))
+        name = request.path_params["model"]
+        spec = state.catalog.find(name)
+        if spec is None:
+            raise ModelNotFound(f"The model '{name[:100]}' does not exist", param="model")
+        return json_response(orjson.dumps(model_entry(spec, state.created)),
+                             {"x-request-id": rid})
+
+    async def healthz(request: Request) -> Response:
+        return json_response(b'{"status":"ok"}', {})
+
+    async def readyz(request: Request) -> Response:
+        report = state.node.readiness() if state.node else {"ready": False, "starting": True}
+        status = 200 if report.get("ready") else 503
+        return json_response(orjson.dumps(report), {}, status)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        rid = request_id_for(request.headers.get("x-request-id"))
+        err: GatewayError
+        if exc.status_code == 405:
+            err = MethodNotAllowed(f"Method {request.method} is not allowed on "
+                                   f"{request.url.path}")
+        else:
+            err = NotFound(f"Unknown path {request.url.path[:200]}", code="unknown_url")
+        return error_response(err, rid, {"allow": exc.headers.get("allow", "")}
+                              if exc.headers and "allow" in exc.headers else None)
+
+    routes = [
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error})
+    app.state.gateway = state
+    return app

@@ -1,0 +1,199 @@
+"""Each node's hash chain over its audit records, signed with the node's Ed25519 key.
+
+Canonical encoding (the bytes that are hashed) — reproducible with the standard
+library alone::
+
+    body = {k: v for k, v in record.items() if k not in ("hash", "sig")}
+    json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+               allow_nan=False).encode("utf-8")
+
+That is: keys sorted, no whitespace, raw UTF-8 (only ``"``, ``\\`` and U+0000–U+001F
+escaped), integers in decimal, floats as Python's ``repr`` (shortest round-trip,
+``0.5``, ``3.0``, ``8e-05``), ``true``/``false``/``null``.
+
+``hash`` is the SHA-256 of those bytes in lowercase hex; ``sig`` is the Ed25519
+signature of the 32 raw hash bytes, base64url without padding; ``sig_kid`` is the
+PASERK ``k4.pid`` of the node's public key. ``prev`` links each record to the hash
+of the node's previous one; the first record's ``prev`` is ``GENESIS``.
+
+Node keys are PASERK text files, one ``k4.secret.…`` line, mode 0600, created on
+first use; the public half is shared as ``k4.public.…`` text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from gatekeeper.audit.record import AuditRecord, SealedRecord
+from gatekeeper.auth.paserk import (
+    KeyFormatError,
+    decode_secret,
+    encode_public,
+    encode_secret,
+    pid,
+)
+from gatekeeper.auth.paseto import b64encode
+
+__all__ = [
+    "GENESIS",
+    "AuditChain",
+    "NodeKeyError",
+    "canonical_bytes",
+    "load_or_create_node_key",
+    "node_public_key_text",
+    "record_hash",
+    "wire_bytes",
+]
+
+GENESIS = "0" * 64
+_UNHASHED = frozenset({"hash", "sig"})
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+class NodeKeyError(ValueError):
+    """A node key file is too open or is not a ``k4.secret`` PASERK."""
+
+
+def canonical_bytes(record: Mapping[str, Any]) -> bytes:
+    """The bytes a record's ``hash`` covers: every field except ``hash`` and ``sig``."""
+    body = {name: value for name, value in record.items() if name not in _UNHASHED}
+    return _ENCODER.encode(body).encode("utf-8")
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """SHA-256 (lowercase hex) of ``canonical_bytes(record)``."""
+    return hashlib.sha256(canonical_bytes(record)).hexdigest()
+
+
+def wire_bytes(sealed: SealedRecord) -> bytes:
+    """The message to publish: the full record in the same canonical JSON style."""
+    return _ENCODER.encode(sealed.to_dict()).encode("utf-8")
+
+
+class AuditChain:
+    """Seals one node's records into its chain: assigns seq and prev, hashes, signs.
+
+    ``seal`` is synchronous and cheap (about 50 µs, most of it the Ed25519
+    signature); it holds a lock, so seq order is seal order even across threads.
+    Records must then be published in seal order. To resume after a restart, pass
+    the ``state()`` saved earlier, or use ``resume()`` with the node's last record.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        signing_key: SigningKey,
+        last_seq: int = 0,
+        last_hash: str = GENESIS,
+    ) -> None:
+        if last_seq < 0 or len(last_hash) != 64:
+            raise ValueError("a chain resumes from seq >= 0 and a 64-hex-digit hash")
+        self.node_id = node_id
+        self.key_id = pid(bytes(signing_key.verify_key))
+        self._key = signing_key
+        self._seq = last_seq
+        self._hash = last_hash
+        self._lock = threading.Lock()
+
+    @classmethod
+    def resume(
+        cls, node_id: str, signing_key: SigningKey, last_record: Mapping[str, Any] | None
+    ) -> AuditChain:
+        """A chain continuing after ``last_record`` (this node's newest), or a new one."""
+        if last_record is None:
+            return cls(node_id, signing_key)
+        if last_record.get("node_id") != node_id:
+            raise ValueError("the last record belongs to another node")
+        seq, digest = last_record.get("seq"), last_record.get("hash")
+        if not isinstance(seq, int) or not isinstance(digest, str):
+            raise ValueError("the last record has no seq and hash")
+        if record_hash(last_record) != digest:
+            raise ValueError("the last record's hash does not match its content")
+        return cls(node_id, signing_key, seq, digest)
+
+    def seal(self, record: AuditRecord) -> SealedRecord:
+        """Place ``record`` next in this node's chain and sign it."""
+        if record.node_id != self.node_id:
+            raise ValueError(f"record of node {record.node_id!r} given to chain {self.node_id!r}")
+        body = record.to_dict()
+        body["sig_kid"] = self.key_id
+        with self._lock:
+            seq, prev = self._seq + 1, self._hash
+            body["seq"], body["prev"] = seq, prev
+            digest = hashlib.sha256(_ENCODER.encode(body).encode("utf-8")).digest()
+            signature = self._key.sign(digest).signature
+            self._seq, self._hash = seq, digest.hex()
+        return SealedRecord(
+            record=record,
+            seq=seq,
+            prev=prev,
+            sig_kid=self.key_id,
+            hash=digest.hex(),
+            sig=b64encode(signature),
+        )
+
+    def state(self) -> tuple[int, str]:
+        """``(last seq, last hash)``: what a restarted node needs to continue."""
+        with self._lock:
+            return self._seq, self._hash
+
+
+def node_public_key_text(key: SigningKey) -> str:
+    """The node's public key as ``k4.public.…``: what auditors are given."""
+    return encode_public(bytes(key.verify_key))
+
+
+def load_or_create_node_key(path: str | os.PathLike[str]) -> SigningKey:
+    """The node key at ``path``; created (mode 0600, never overwritten) if absent.
+
+    Refuses a file that group or others may read or write. Two processes racing to
+    create the same path end up with the same key: the file appears atomically.
+    """
+    target = Path(path)
+    if not target.exists():
+        _create_key_file(target)
+    mode = target.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise NodeKeyError(f"{target} is accessible by group or others; chmod 600 it")
+    try:
+        secret = decode_secret(target.read_text(encoding="ascii"))
+    except (KeyFormatError, UnicodeDecodeError) as exc:
+        raise NodeKeyError(f"{target}: {exc}") from None
+    return SigningKey(secret[:32])
+
+
+def _create_key_file(target: Path) -> None:
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = SigningKey.generate()
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(encode_secret(bytes(key)) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):  # another process created it first
+            os.link(temp, target)  # atomic, and never replaces an existing key
+        _fsync_dir(target.parent)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

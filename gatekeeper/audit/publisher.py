@@ -1,0 +1,173 @@
+"""Step 8 — every request to BH_AUDIT: sealed into the node's chain, then published.
+
+strict (default): ``commit`` returns only once JetStream acknowledged the record or it
+    is fsynced in the local spool; for a stream, ``data: [DONE]`` follows that.
+async: ``commit`` queues the record and returns; a crash loses what was queued but
+    not yet acknowledged (at most ``ASYNC_QUEUE`` records, usually a few ms' worth).
+
+While the spool holds records, new ones go to the spool too, so each node's records
+reach BH_AUDIT in chain order. A drainer replays the spool when NATS is back;
+``Nats-Msg-Id`` = request id makes a replayed duplicate harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+
+from gatekeeper.audit.chain import AuditChain, wire_bytes
+from gatekeeper.audit.record import Attempt, AuditRecord, rfc3339_ms
+from gatekeeper.audit.spool import AuditSpool
+from gatekeeper.bus.streams import audit_subject
+from gatekeeper.pipeline import Exchange
+
+log = structlog.get_logger("gatekeeper.audit")
+
+PUBLISH_TIMEOUT_S = 2.0
+ASYNC_QUEUE = 10_000
+
+
+def to_record(ex: Exchange, node_id: str, now: float) -> AuditRecord:
+    """The audit record of a finished exchange (pure). No prompt or completion text."""
+    claims, route, served, usage = ex.claims, ex.route, ex.served, ex.usage
+    prompt = usage.prompt_tokens if usage else 0
+    completion = usage.completion_tokens if usage else 0
+    cost = served.cost_usd(prompt, completion) if served is not None and usage else 0.0
+    return AuditRecord(
+        request_id=ex.request_id,
+        ts=rfc3339_ms(now - (time.perf_counter() - ex.started)),
+        node_id=node_id,
+        tenant=claims.tenant if claims else "_unauthenticated",
+        key_id=claims.sub if claims else "",
+        requested_model=ex.requested_model,
+        served_model=served.name if served else "",
+        provider=served.provider if served else "",
+        routing_mode=route.mode if route else "",
+        route_reason=route.reason if route else "",
+        stream=ex.stream,
+        status=ex.status,
+        error_code=ex.error_code,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        cost_usd=round(cost, 8),
+        latency_ms=ex.elapsed_ms(),
+        ttft_ms=ex.ttft_ms,
+        attempts=tuple(Attempt(a.provider, a.model, a.status, a.error, a.ms)
+                       for a in ex.attempts),
+    )
+
+
+class AuditPublisher:
+    def __init__(self, nc: Client, js: JetStreamContext, chain: AuditChain, spool: AuditSpool,
+                 *, node_id: str, strict: bool = True) -> None:
+        self.nc, self.js, self.chain, self.spool = nc, js, chain, spool
+        self.node_id = node_id
+        self.strict = strict
+        self.published = 0
+        self.spooled = 0
+        self._wake = asyncio.Event()
+        self._queue: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(ASYNC_QUEUE)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._spool_lock = asyncio.Lock()
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.ensure_future(self._drain_forever()))
+        if not self.strict:
+            self._tasks.append(asyncio.ensure_future(self._async_sender()))
+        if self.spool.depth:
+            self._wake.set()
+
+    @property
+    def spool_depth(self) -> int:
+        return self.spool.depth
+
+    async def commit(self, ex: Exchange) -> None:
+        record = to_record(ex, self.node_id, time.time())
+        sealed = self.chain.seal(record)
+        subject = audit_subject(record.tenant, self.node_id)
+        data = wire_bytes(sealed)
+        if not self.strict:
+            try:
+                self._queue.put_nowait((subject, data, record.request_id))
+            except asyncio.QueueFull:
+                await self._to_spool(data)
+            return
+        if self.spool.depth or not self.nc.is_connected:
+            await self._to_spool(data)
+            return
+        try:
+            await self._publish(subject, data, record.request_id)
+        except (NatsError, TimeoutError, OSError) as exc:
+            log.warning("audit.publish_failed", request_id=record.request_id,
+                        error=type(exc).__name__)
+            await self._to_spool(data)
+
+    async def _publish(self, subject: str, data: bytes, msg_id: str) -> None:
+        await self.js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S,
+                              headers={"Nats-Msg-Id": msg_id})
+        self.published += 1
+
+    async def _to_spool(self, data: bytes) -> None:
+        async with self._spool_lock:  # keeps spool order = seal order
+            await asyncio.to_thread(self.spool.append, data)
+        self.spooled += 1
+        self._wake.set()
+
+    async def _async_sender(self) -> None:
+        while True:
+            subject, data, msg_id = await self._queue.get()
+            if self.spool.depth or not self.nc.is_connected:
+                await self._to_spool(data)
+                continue
+            try:
+                await self._publish(subject, data, msg_id)
+            except (NatsError, TimeoutError, OSError):
+                await self._to_spool(data)
+
+    async def _drain_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.spool.depth:
+                if not self.nc.is_connected or not await self._drain_once():
+                    await asyncio.sleep(0.25)
+
+    async def _drain_once(self) -> bool:
+        """Replay pending spool records in order; False if NATS failed midway."""
+        import orjson
+
+        for offset, data in list(self.spool.pending()):
+            rec = orjson.loads(data)
+            subject = audit_subject(rec.get("tenant", "_"), self.node_id)
+            try:
+                await self._publish(subject, data, rec["request_id"])
+            except (NatsError, TimeoutError, OSError):
+                return False
+            self.spool.ack_through(offset)
+        log.info("audit.spool_drained", published=self.published)
+        return True
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait (bounded) until queued and spooled records are published."""
+        deadline = time.monotonic() + timeout
+        while (self._queue.qsize() or self.spool.depth) and time.monotonic() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.05)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        await self.flush(timeout)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while not self._queue.empty():  # whatever async mode still holds goes to disk
+            _, data, _ = self._queue.get_nowait()
+            self.spool.append(data)
+        self.spool.close()

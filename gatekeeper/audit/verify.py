@@ -1,0 +1,309 @@
+"""Check exported audit records: content hashes, signatures, and each node's chain.
+
+Records of many nodes interleave freely in ``BH_AUDIT``; only each node's own
+order matters. Every record is checked on its own (``bad_hash``,
+``bad_signature``), then against what came before it from the same node
+(``duplicate``, ``out_of_order``); links and gaps are checked once all records
+are in, so a swap of two records is reported once, as ``out_of_order``.
+
+Issue kinds:
+
+* ``malformed``        not JSON, not an object, or chain fields missing/mistyped
+* ``bad_hash``         the content does not match the stored ``hash`` (altered)
+* ``bad_signature``    ``sig`` is not the node key's signature of ``hash``
+* ``unknown_node_key`` no public key was given for a node (signatures unchecked)
+* ``broken_link``      ``prev`` is not the ``hash`` of the node's previous seq
+* ``gap``              seqs missing between a node's first and last seq
+* ``duplicate``        a seq seen twice for one node, or a request id seen twice
+* ``out_of_order``     a seq lower than one already seen from the same node
+
+A chain's beginning and end are not evidence by themselves: an export may start
+mid-chain (pass ``require_genesis=True`` to insist on seq 1), and records cut off
+the very end of a node's chain leave no trace until that node's next record.
+"""
+
+from __future__ import annotations
+
+import binascii
+import itertools
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from gatekeeper.audit.chain import GENESIS, record_hash
+from gatekeeper.auth.paserk import pid
+from gatekeeper.auth.paseto import MalformedToken, b64decode
+
+__all__ = [
+    "Issue",
+    "IssueKind",
+    "NodeSummary",
+    "UnreadableLine",
+    "VerifyReport",
+    "read_jsonl",
+    "verify_records",
+]
+
+IssueKind = Literal[
+    "malformed",
+    "bad_hash",
+    "bad_signature",
+    "unknown_node_key",
+    "broken_link",
+    "gap",
+    "duplicate",
+    "out_of_order",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableLine:
+    """A line of an export that is not JSON; ``verify_records`` reports it."""
+
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One finding. ``position`` is the record's 1-based place in the input."""
+
+    kind: IssueKind
+    detail: str
+    node_id: str | None = None
+    seq: int | None = None
+    request_id: str | None = None
+    position: int | None = None
+
+    def render(self) -> str:
+        where = [f"node {self.node_id}"] if self.node_id is not None else []
+        if self.seq is not None:
+            where.append(f"seq {self.seq}")
+        if self.request_id is not None:
+            where.append(f"request {self.request_id}")
+        if self.position is not None:
+            where.append(f"record #{self.position}")
+        return f"{self.kind:<16} {', '.join(where) or '-'}: {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSummary:
+    node_id: str
+    count: int
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    records: int
+    nodes: tuple[NodeSummary, ...]
+    issues: tuple[Issue, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
+
+    @property
+    def kinds(self) -> frozenset[IssueKind]:
+        return frozenset(issue.kind for issue in self.issues)
+
+    def render(self) -> str:
+        """A human-readable summary: verdict, one line per node, one per issue."""
+        verdict = "OK" if self.ok else f"FAILED, {len(self.issues)} issue(s)"
+        lines = [f"audit verification: {verdict} — {self.records} records, {len(self.nodes)} nodes"]
+        for node in self.nodes:
+            span = f"seq {node.first_seq}..{node.last_seq}"
+            lines.append(f"  node {node.node_id}: {node.count} records, {span}")
+        lines.extend(f"  {issue.render()}" for issue in self.issues)
+        return "\n".join(lines)
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[Mapping[str, Any] | UnreadableLine]:
+    """The records of an export, one JSON object per line; blank lines are skipped.
+
+    A line that is not JSON comes out as an ``UnreadableLine`` for ``verify_records``
+    to report, so ``verify_records(read_jsonl(path), keys)`` never crashes on input.
+    """
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                yield UnreadableLine(number, f"line {number} is not JSON: {exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    seq: int
+    prev: str
+    hash: str
+    sig: str
+    sig_kid: str
+    request_id: str | None
+
+
+def _link_of(item: Mapping[str, Any]) -> _Link | str:
+    """The chain fields of a record, or why they are unusable."""
+    for name in ("prev", "hash", "sig", "sig_kid"):
+        if not isinstance(item.get(name), str):
+            return f"{name!r} is missing or not a string"
+    seq = item.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        return "'seq' is missing or not a positive integer"
+    if len(item["hash"]) != 64 or len(item["prev"]) != 64:
+        return "'hash' and 'prev' must be 64 hex digits"
+    request_id = item.get("request_id")
+    return _Link(
+        seq,
+        item["prev"],
+        item["hash"],
+        item["sig"],
+        item["sig_kid"],
+        request_id if isinstance(request_id, str) else None,
+    )
+
+
+def _signature_problem(link: _Link, public_key: bytes) -> str | None:
+    expected_kid = pid(public_key)
+    if link.sig_kid != expected_kid:
+        return f"signed with key {link.sig_kid}, but the node's key is {expected_kid}"
+    try:
+        VerifyKey(public_key).verify(bytes.fromhex(link.hash), b64decode(link.sig))
+    except (BadSignatureError, MalformedToken, ValueError, binascii.Error):
+        return "signature does not verify with the node's key"
+    return None
+
+
+class _NodeLedger:
+    """What one node's records said, in arrival order (first copy of each seq)."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.links: dict[int, tuple[_Link, int]] = {}
+        self.highest = 0
+        self.unsigned = 0
+
+    def issue(self, kind: IssueKind, detail: str, link: _Link, position: int) -> Issue:
+        return Issue(kind, detail, self.node_id, link.seq, link.request_id, position)
+
+    def chain_issues(self, require_genesis: bool) -> Iterator[Issue]:
+        """Broken links and gaps, in seq order."""
+        seqs = sorted(self.links)
+        if require_genesis and seqs[0] > 1:
+            yield Issue("gap", f"missing seq 1..{seqs[0] - 1}", self.node_id, 1)
+        for before, seq in itertools.pairwise(seqs):
+            if seq > before + 1:
+                yield Issue("gap", f"missing seq {before + 1}..{seq - 1}", self.node_id, before + 1)
+        for seq in seqs:
+            link, position = self.links[seq]
+            expected = GENESIS if seq == 1 else self._hash_of(seq - 1)
+            if expected is not None and link.prev != expected:
+                detail = f"prev {link.prev[:12]}… is not the hash of seq {seq - 1}"
+                yield self.issue("broken_link", detail, link, position)
+
+    def _hash_of(self, seq: int) -> str | None:
+        found = self.links.get(seq)
+        return found[0].hash if found else None
+
+    def summary(self) -> NodeSummary:
+        seqs = self.links.keys()
+        return NodeSummary(self.node_id, len(seqs), min(seqs), max(seqs))
+
+
+class _Verifier:
+    def __init__(self, public_keys: Mapping[str, bytes]) -> None:
+        self.public_keys = public_keys
+        self.ledgers: dict[str, _NodeLedger] = {}
+        self.requests: dict[str, tuple[str, int]] = {}
+        self.issues: list[Issue] = []
+        self.count = 0
+
+    def feed(self, position: int, item: Mapping[str, Any] | UnreadableLine) -> None:
+        self.count += 1
+        if isinstance(item, UnreadableLine):
+            self.issues.append(Issue("malformed", item.reason, position=position))
+            return
+        node_id = item.get("node_id") if isinstance(item, Mapping) else None
+        if not isinstance(node_id, str):
+            detail = "not an object with a string 'node_id'"
+            self.issues.append(Issue("malformed", detail, position=position))
+            return
+        link = _link_of(item)
+        if isinstance(link, str):
+            self.issues.append(Issue("malformed", link, node_id=node_id, position=position))
+            return
+        ledger = self.ledgers.setdefault(node_id, _NodeLedger(node_id))
+        self._check_content(ledger, item, link, position)
+        self._check_order(ledger, link, position)
+
+    def _check_content(
+        self, ledger: _NodeLedger, item: Mapping[str, Any], link: _Link, position: int
+    ) -> None:
+        try:
+            actual = record_hash(item)
+        except (TypeError, ValueError) as exc:  # not JSON-encodable, lone surrogates, NaN
+            self.issues.append(
+                ledger.issue("malformed", f"cannot be encoded: {exc}", link, position)
+            )
+            return
+        if actual != link.hash:
+            detail = "content does not match its hash (record altered)"
+            self.issues.append(ledger.issue("bad_hash", detail, link, position))
+            return
+        public_key = self.public_keys.get(ledger.node_id)
+        if public_key is None:
+            ledger.unsigned += 1
+            return
+        problem = _signature_problem(link, public_key)
+        if problem is not None:
+            self.issues.append(ledger.issue("bad_signature", problem, link, position))
+
+    def _check_order(self, ledger: _NodeLedger, link: _Link, position: int) -> None:
+        seen = ledger.links.get(link.seq)
+        if seen is not None:
+            same = "an identical copy" if seen[0].hash == link.hash else "different content (fork)"
+            detail = f"seq already seen at record #{seen[1]}, {same}"
+            self.issues.append(ledger.issue("duplicate", detail, link, position))
+            return
+        if link.request_id is not None:
+            first = self.requests.setdefault(link.request_id, (ledger.node_id, link.seq))
+            if first != (ledger.node_id, link.seq):
+                detail = f"request id already used by node {first[0]} seq {first[1]}"
+                self.issues.append(ledger.issue("duplicate", detail, link, position))
+        if link.seq < ledger.highest:
+            detail = f"arrived after seq {ledger.highest}"
+            self.issues.append(ledger.issue("out_of_order", detail, link, position))
+        ledger.highest = max(ledger.highest, link.seq)
+        ledger.links[link.seq] = (link, position)
+
+    def finish(self, require_genesis: bool) -> VerifyReport:
+        issues = list(self.issues)
+        for node_id in sorted(self.ledgers):
+            ledger = self.ledgers[node_id]
+            if ledger.unsigned:
+                detail = f"no public key given; {ledger.unsigned} signature(s) not checked"
+                issues.append(Issue("unknown_node_key", detail, node_id))
+            issues.extend(ledger.chain_issues(require_genesis))
+        nodes = tuple(self.ledgers[node_id].summary() for node_id in sorted(self.ledgers))
+        return VerifyReport(self.count, nodes, tuple(issues))
+
+
+def verify_records(
+    records: Iterable[Mapping[str, Any] | UnreadableLine],
+    public_keys: Mapping[str, bytes],
+    *,
+    require_genesis: bool = False,
+) -> VerifyReport:
+    """Verify records in stream order against each node's 32-byte Ed25519 public key."""
+    verifier = _Verifier(public_keys)
+    for position, item in enumerate(records, start=1):
+        verifier.feed(position, item)
+    return verifier.finish(require_genesis)

@@ -1,0 +1,145 @@
+"""Steps 3–4 — rate limits (rpm, tpm) and budget (tokens, USD) as one reservation.
+
+A request reserves on every counter its key limits: 1 request, and an estimate of
+its tokens (prompt estimate + ``max_tokens`` or the configured default) and cost.
+When the response ends, the reservation is settled to the real usage the upstream
+reported; a failed request keeps only its request count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from gatekeeper.auth.claims import Claims
+from gatekeeper.budget.decide import crossed_thresholds, ratelimit_headers
+from gatekeeper.budget.ledger import BudgetLedger, Reservation
+from gatekeeper.budget.windows import counter_id, seconds_to_reset, window_id
+from gatekeeper.pipeline import Exchange
+from gatekeeper.routing.router import estimate_tokens
+from gatekeeper.validate import ChatRequest
+
+MICRO = 1_000_000
+
+
+class AlertSink(Protocol):
+    def budget_alert(
+        self, key_id: str, counter: str, threshold: float, value: int, limit: int
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    reservation: Reservation
+    limits: dict[str, int]
+    ids: dict[str, str]  # kind -> counter id
+    est_tokens: int
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def plan_counters(claims: Claims, now: datetime) -> tuple[dict[str, str], dict[str, int]]:
+    """Counter ids (by kind) and limits for a key at ``now`` (pure)."""
+    key = claims.sub
+    ids: dict[str, str] = {}
+    limits: dict[str, int] = {}
+    if claims.rpm is not None or claims.tpm is not None:
+        minute = window_id("minute", now)
+        if claims.rpm is not None:
+            ids["req"] = counter_id("req", key, minute)
+            limits[ids["req"]] = claims.rpm
+        if claims.tpm is not None:
+            ids["tpm"] = counter_id("tpm", key, minute)
+            limits[ids["tpm"]] = claims.tpm
+    budget = claims.budget
+    if budget is not None:
+        window = window_id(budget.period, now)
+        if budget.tokens is not None:
+            ids["tok"] = counter_id("tok", key, window)
+            limits[ids["tok"]] = budget.tokens
+        if budget.usd is not None:
+            ids["usd"] = counter_id("usd", key, window)
+            limits[ids["usd"]] = round(budget.usd * MICRO)
+    return ids, limits
+
+
+class LedgerAdmission:
+    def __init__(
+        self,
+        ledger: BudgetLedger,
+        *,
+        default_max_tokens: int,
+        alerts: AlertSink | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.ledger = ledger
+        self.default_max_tokens = default_max_tokens
+        self.alerts = alerts
+        self.clock = clock
+
+    def admit(self, ex: Exchange, req: ChatRequest | None) -> Ticket | None:
+        claims = ex.claims
+        if claims is None or (claims.rpm is None and claims.tpm is None and claims.budget is None):
+            return None
+        now = self.clock()
+        ids, limits = plan_counters(claims, now)
+        if req is not None:
+            prompt = estimate_tokens(req.body["messages"])
+            est = prompt + (req.max_tokens or self.default_max_tokens)
+        else:
+            est = 1
+        model = ex.route.model if ex.route is not None else None
+        amounts = {ids[k]: v for k, v in (("req", 1), ("tpm", est), ("tok", est)) if k in ids}
+        if "usd" in ids:
+            worst = model.cost_usd(est, req.max_tokens or self.default_max_tokens) if model else 0.0
+            amounts[ids["usd"]] = round(worst * MICRO)
+        reservation = self.ledger.reserve(amounts, limits, now)
+        return Ticket(reservation, limits, ids, est)
+
+    def settle(self, ex: Exchange) -> None:
+        ticket = ex.ticket
+        if not isinstance(ticket, Ticket):
+            return
+        usage = ex.usage
+        used = usage.total_tokens if usage else 0
+        cost = 0
+        if usage and ex.served is not None:
+            cost = round(ex.served.cost_usd(usage.prompt_tokens, usage.completion_tokens) * MICRO)
+        actual = {
+            cid: {"req": 1, "tpm": used, "tok": used, "usd": cost}[kind]
+            for kind, cid in ticket.ids.items()
+        }
+        before = {
+            k: self.ledger.value(ticket.ids[k]) - self.ledger.held(ticket.ids[k])
+            for k in ("tok", "usd")
+            if k in ticket.ids
+        }
+        self.ledger.settle(ticket.reservation, actual)
+        if self.alerts is None or ex.claims is None:
+            return
+        for kind, prior in before.items():
+            cid = ticket.ids[kind]
+            limit = ticket.limits[cid]
+            after = self.ledger.value(cid) - self.ledger.held(cid)
+            for threshold in crossed_thresholds(prior, after, limit):
+                self.alerts.budget_alert(ex.claims.sub, cid, threshold, after, limit)
+
+    def headers(self, ex: Exchange) -> dict[str, str]:
+        ticket = ex.ticket
+        if not isinstance(ticket, Ticket):
+            return {}
+        now = self.clock()
+        reset = seconds_to_reset("minute", now) or 0.0
+        req, tpm = ticket.ids.get("req"), ticket.ids.get("tpm")
+        return ratelimit_headers(
+            limit_requests=ticket.limits[req] if req else None,
+            remaining_requests=self.ledger.remaining(req, ticket.limits[req]) if req else 0,
+            reset_requests=reset,
+            limit_tokens=ticket.limits[tpm] if tpm else None,
+            remaining_tokens=self.ledger.remaining(tpm, ticket.limits[tpm]) if tpm else 0,
+            reset_tokens=reset,
+        )

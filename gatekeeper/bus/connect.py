@@ -1,0 +1,62 @@
+"""Connect to NATS and check the server can do what the gateway needs."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+
+# JetStream KV watch with headers-only/ordered consumers, per-stream duplicate
+# windows, deny_delete/deny_purge and direct get are all there from 2.10.0.
+MIN_NATS_VERSION = (2, 10, 0)
+
+
+class NatsUnavailable(RuntimeError):
+    """NATS cannot be used: unreachable, too old, or without JetStream."""
+
+
+def version_ok(version: tuple[int, int, int]) -> bool:
+    return version >= MIN_NATS_VERSION
+
+
+async def connect(url: str, *, name: str, timeout: float = 5.0,
+                  on_state: Callable[[str], Awaitable[None]] | None = None) -> Client:
+    """Connect (reconnecting forever afterwards) and verify version and JetStream."""
+
+    async def disconnected() -> None:
+        if on_state:
+            await on_state("disconnected")
+
+    async def reconnected() -> None:
+        if on_state:
+            await on_state("reconnected")
+
+    async def error(exc: Exception) -> None:
+        return None
+
+    servers = [u.strip() for u in url.split(",")]
+    try:
+        nc = await nats.connect(
+            servers=servers, name=name, connect_timeout=timeout, allow_reconnect=True,
+            max_reconnect_attempts=-1, reconnect_time_wait=0.25, ping_interval=5,
+            max_outstanding_pings=3, disconnected_cb=disconnected,
+            reconnected_cb=reconnected, error_cb=error,
+        )
+    except (NatsError, OSError, TimeoutError) as exc:
+        raise NatsUnavailable(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") \
+            from None
+    sv = nc.connected_server_version
+    found = (sv.major, sv.minor, sv.patch)
+    if not version_ok(found):
+        await nc.close()
+        need = ".".join(map(str, MIN_NATS_VERSION))
+        raise NatsUnavailable(f"nats-server {sv} at {url} is too old: Gatekeeper needs >= {need}")
+    try:
+        await nc.jetstream().account_info()
+    except NatsError as exc:
+        await nc.close()
+        raise NatsUnavailable(f"JetStream is not enabled on the NATS server at {url} "
+                              f"(start nats-server with -js): {exc}") from None
+    return nc

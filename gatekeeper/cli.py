@@ -1,0 +1,84 @@
+"""The ``gatekeeper`` command: serve, keys, streams, audit, config."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from gatekeeper.auth.cli import add_keys_parser
+from gatekeeper.config import ConfigError, load_config
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--config", help="YAML config (default: $GATEKEEPER_CONFIG or "
+                   "config/gatekeeper.yaml)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--nats-url", help="NATS URL(s); default $GATEKEEPER_NATS_URL, else the "
+                   "config's nats.url ('embedded' starts a local nats-server)")
+    p.add_argument("--workers", type=int, help="worker processes sharing the port")
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gatekeeper import server
+    from gatekeeper.catalog import demo_enabled
+    from gatekeeper.logs import configure_logging
+
+    configure_logging()
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"gatekeeper: invalid config: {exc}", file=sys.stderr)
+        return 2
+    srv = dataclasses.replace(config.server, **{k: v for k, v in (
+        ("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None})
+    config = dataclasses.replace(config, server=srv)
+    config, dev_secret = server.ensure_dev_issuer(config)
+    nats_url = args.nats_url or os.environ.get("GATEKEEPER_NATS_URL") or config.nats.url
+    if args.worker_index is not None:  # a supervised worker: everything is set up already
+        server.run_worker(config, nats_url, args.worker_index, reuse_port=True)
+        return 0
+    embedded = None
+    if nats_url == "embedded":
+        embedded = server.start_embedded_nats(config)
+        nats_url = embedded.url
+    try:
+        print(server.banner(config, server.dev_token(dev_secret), nats_url,
+                            demo_enabled(config)), file=sys.stderr, flush=True)
+        if config.server.workers == 1:
+            server.run_worker(config, nats_url, 0, reuse_port=False)
+            return 0
+        env = dict(os.environ, GATEKEEPER_NATS_URL=nats_url,
+                   **({server.DEV_ISSUER_ENV: config.auth.issuers[0]} if dev_secret else {}))
+        argv = [sys.executable, "-m", "gatekeeper", "serve", "--nats-url", nats_url,
+                "--host", config.server.host, "--port", str(config.server.port)]
+        if args.config:
+            argv += ["--config", args.config]
+        return server.supervise(argv, config.server.workers, env)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gatekeeper", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    add_keys_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

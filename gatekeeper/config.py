@@ -1,0 +1,425 @@
+"""Typed configuration: `config/gatekeeper.yaml` loaded once into frozen values.
+
+Every problem is reported as ``ConfigError("<yaml.path>: <reason>")`` at start.
+``${VAR}`` and ``${VAR:-default}`` inside strings are replaced from the environment
+(for secrets: provider API keys never live in the file).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from gatekeeper.routing.matrix import ConfigError, ModelSpec, parse_models
+
+__all__ = [
+    "AuditConfig",
+    "AuthConfig",
+    "LimitsConfig",
+    "RoutingConfig",
+    "Config",
+    "ConfigError",
+    "FailoverStep",
+    "NatsConfig",
+    "ProviderConfig",
+    "ServerConfig",
+    "Timeouts",
+    "load_config",
+    "parse_config",
+]
+
+PROVIDER_KINDS = ("openai", "anthropic", "demo")
+DEFAULT_CONFIG_PATH = Path("config/gatekeeper.yaml")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body_bytes: int = 4 * 1024 * 1024
+    request_timeout_s: float = 600.0
+    shutdown_grace_s: float = 30.0
+    admin_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NatsConfig:
+    url: str = "embedded"  # "embedded" starts a local nats-server with JetStream
+    store_dir: str = ".gatekeeper/nats"
+    connect_timeout_s: float = 5.0
+    replicas: int = 1
+
+    @property
+    def embedded(self) -> bool:
+        return self.url == "embedded"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect_s: float = 5.0
+    first_byte_s: float = 60.0
+    total_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    kind: str
+    base_url: str = ""
+    api_key: str = ""
+    api_key_required: bool = True
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    pool_size: int = 256
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        """A provider is usable when it is the demo, or its key is set (or not needed)."""
+        return self.kind == "demo" or bool(self.api_key) or not self.api_key_required
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverStep:
+    provider: str
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    mode: str = "strict"  # strict | async
+    spool_dir: str = ".gatekeeper/spool"
+    spool_alert_records: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    issuers: tuple[str, ...] = ()  # trusted issuer public keys, PASERK k4.public text
+    leeway_s: float = 30.0
+    cache_size: int = 10_000
+    dev_issuer_dir: str = ".gatekeeper/keys"  # `make run` creates a dev issuer here
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    default_mode: str = "cost"
+    quality_threshold: float = 0.6
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    gossip_interval_ms: int = 200
+    default_max_tokens: int = 1024  # reservation when a request gives no max_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    providers: tuple[ProviderConfig, ...] = ()
+    models: tuple[ModelSpec, ...] = ()
+    failover_chain: tuple[FailoverStep, ...] = ()
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    state_dir: str = ".gatekeeper"
+    node_id: str = ""
+    demo: str = "auto"  # auto: enable the demo provider when no real provider has a key
+    source: str = "<defaults>"
+
+    def provider(self, name: str) -> ProviderConfig | None:
+        for p in self.providers:
+            if p.name == name:
+                return p
+        return None
+
+    @property
+    def enabled_providers(self) -> tuple[ProviderConfig, ...]:
+        return tuple(p for p in self.providers if p.enabled)
+
+
+# ---------------------------------------------------------------- interpolation
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a YAML tree."""
+    if isinstance(value, str):
+        return _ENV_RE.sub(lambda m: env.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    return value
+
+
+# ---------------------------------------------------------------- field readers
+
+
+def _numeric(value: Any, kind: type[int] | type[float]) -> Any:
+    """``${PORT:-8080}`` interpolates to a string: accept numeric strings."""
+    if isinstance(value, str):
+        try:
+            return kind(value.strip())
+        except ValueError:
+            return value
+    return value
+
+
+class _Section:
+    """Reads typed fields from one mapping, naming the YAML path in every error."""
+
+    def __init__(self, data: object, path: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: must be a mapping")
+        self.data: dict[str, Any] = data
+        self.path = path
+
+    def _where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def unknown(self, known: set[str]) -> None:
+        extra = sorted(set(self.data) - known)
+        if extra:
+            raise ConfigError(f"{self._where(extra[0])}: unknown key")
+
+    def str(self, key: str, default: str, *, required: bool = False) -> str:
+        v = self.data.get(key, None)
+        if v is None:
+            if required:
+                raise ConfigError(f"{self._where(key)}: required")
+            return default
+        if not isinstance(v, str | int | float) or isinstance(v, bool):
+            raise ConfigError(f"{self._where(key)}: must be a string")
+        return str(v)
+
+    def int(self, key: str, default: int, *, minimum: int = 0) -> int:
+        v = _numeric(self.data.get(key, default), int)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ConfigError(f"{self._where(key)}: must be an integer >= {minimum}")
+        return v
+
+    def num(self, key: str, default: float, *, positive: bool = True) -> float:
+        v = _numeric(self.data.get(key, default), float)
+        if isinstance(v, bool) or not isinstance(v, int | float) or (positive and v <= 0):
+            raise ConfigError(f"{self._where(key)}: must be a number > 0")
+        return float(v)
+
+    def bool(self, key: str, default: bool) -> bool:
+        v = self.data.get(key, default)
+        if not isinstance(v, bool):
+            raise ConfigError(f"{self._where(key)}: must be true or false")
+        return v
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        v = self.str(key, default)
+        if v not in choices:
+            raise ConfigError(f"{self._where(key)}: must be one of {', '.join(choices)}")
+        return v
+
+
+def _check_url(value: str, path: str, schemes: tuple[str, ...]) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in schemes or not parsed.netloc:
+        raise ConfigError(f"{path}: not a URL ({'/'.join(schemes)}://host[:port]/...)")
+    return value.rstrip("/")
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _server(data: object) -> ServerConfig:
+    s = _Section(data, "server")
+    s.unknown({"host", "port", "workers", "max_body_bytes", "request_timeout_s",
+               "shutdown_grace_s", "admin_token"})
+    port = s.int("port", 8080)
+    if port > 65535:
+        raise ConfigError("server.port: must be between 0 and 65535")
+    return ServerConfig(
+        host=s.str("host", "127.0.0.1"),
+        port=port,
+        workers=s.int("workers", 1, minimum=1),
+        max_body_bytes=s.int("max_body_bytes", 4 * 1024 * 1024, minimum=1024),
+        request_timeout_s=s.num("request_timeout_s", 600.0),
+        shutdown_grace_s=s.num("shutdown_grace_s", 30.0),
+        admin_token=s.str("admin_token", ""),
+    )
+
+
+def _nats(data: object) -> NatsConfig:
+    s = _Section(data, "nats")
+    s.unknown({"url", "store_dir", "connect_timeout_s", "replicas"})
+    url = s.str("url", "embedded") or "embedded"
+    if url != "embedded":
+        for i, part in enumerate(url.split(",")):
+            _check_url(part.strip(), f"nats.url[{i}]" if "," in url else "nats.url",
+                       ("nats", "tls", "ws", "wss"))
+    return NatsConfig(
+        url=url,
+        store_dir=s.str("store_dir", ".gatekeeper/nats"),
+        connect_timeout_s=s.num("connect_timeout_s", 5.0),
+        replicas=s.int("replicas", 1, minimum=1),
+    )
+
+
+def _timeouts(data: object, path: str) -> Timeouts:
+    s = _Section(data, path)
+    s.unknown({"connect_s", "first_byte_s", "total_s"})
+    return Timeouts(
+        connect_s=s.num("connect_s", 5.0),
+        first_byte_s=s.num("first_byte_s", 60.0),
+        total_s=s.num("total_s", 600.0),
+    )
+
+
+def _provider(data: object, path: str) -> ProviderConfig:
+    s = _Section(data, path)
+    s.unknown({"name", "kind", "base_url", "api_key", "api_key_required", "timeouts",
+               "pool_size", "headers"})
+    name = s.str("name", "", required=True)
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+        raise ConfigError(f"{path}.name: lowercase letters, digits, '-' and '_' only")
+    kind = s.choice("kind", "openai", PROVIDER_KINDS)
+    base_url = s.str("base_url", "")
+    if kind != "demo":
+        if not base_url:
+            raise ConfigError(f"{path}.base_url: required for kind {kind}")
+        base_url = _check_url(base_url, f"{path}.base_url", ("http", "https"))
+    headers = _Section(s.data.get("headers"), f"{path}.headers").data
+    return ProviderConfig(
+        name=name,
+        kind=kind,
+        base_url=base_url,
+        api_key=s.str("api_key", ""),
+        api_key_required=s.bool("api_key_required", True),
+        timeouts=_timeouts(s.data.get("timeouts"), f"{path}.timeouts"),
+        pool_size=s.int("pool_size", 256, minimum=1),
+        headers=tuple((str(k), str(v)) for k, v in headers.items()),
+    )
+
+
+def _list(data: object, path: str) -> list[Any]:
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise ConfigError(f"{path}: must be a list")
+    return data
+
+
+def _failover(data: object, providers: set[str]) -> tuple[FailoverStep, ...]:
+    steps = []
+    for i, item in enumerate(_list(data, "failover_chain")):
+        s = _Section(item, f"failover_chain[{i}]")
+        s.unknown({"provider", "priority"})
+        name = s.str("provider", "", required=True)
+        if name not in providers:
+            raise ConfigError(f"failover_chain[{i}].provider: no provider named {name!r}")
+        steps.append(FailoverStep(name, s.int("priority", i + 1, minimum=1)))
+    return tuple(sorted(steps, key=lambda st: st.priority))
+
+
+def _audit(data: object) -> AuditConfig:
+    s = _Section(data, "audit")
+    s.unknown({"mode", "spool_dir", "spool_alert_records"})
+    return AuditConfig(
+        mode=s.choice("mode", "strict", ("strict", "async")),
+        spool_dir=s.str("spool_dir", ".gatekeeper/spool"),
+        spool_alert_records=s.int("spool_alert_records", 10_000, minimum=1),
+    )
+
+
+def _auth(data: object) -> AuthConfig:
+    s = _Section(data, "auth")
+    s.unknown({"issuers", "leeway_s", "cache_size", "dev_issuer_dir"})
+    issuers = []
+    for i, item in enumerate(_list(s.data.get("issuers"), "auth.issuers")):
+        if not isinstance(item, str) or not item.startswith("k4.public."):
+            raise ConfigError(f"auth.issuers[{i}]: must be a PASERK k4.public.… key")
+        issuers.append(item)
+    return AuthConfig(
+        issuers=tuple(issuers),
+        leeway_s=s.num("leeway_s", 30.0, positive=False),
+        cache_size=s.int("cache_size", 10_000),
+        dev_issuer_dir=s.str("dev_issuer_dir", ".gatekeeper/keys"),
+    )
+
+
+def _routing(data: object) -> RoutingConfig:
+    s = _Section(data, "routing")
+    s.unknown({"default_mode", "quality_threshold"})
+    threshold = s.num("quality_threshold", 0.6, positive=False)
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError("routing.quality_threshold: must be between 0 and 1")
+    return RoutingConfig(
+        default_mode=s.choice("default_mode", "cost", ("cost", "latency", "capability")),
+        quality_threshold=threshold,
+    )
+
+
+def _limits(data: object) -> LimitsConfig:
+    s = _Section(data, "limits")
+    s.unknown({"gossip_interval_ms", "default_max_tokens"})
+    return LimitsConfig(
+        gossip_interval_ms=s.int("gossip_interval_ms", 200, minimum=10),
+        default_max_tokens=s.int("default_max_tokens", 1024, minimum=1),
+    )
+
+
+def parse_config(raw: object, *, env: Mapping[str, str] | None = None,
+                 source: str = "<memory>") -> Config:
+    """Validate a YAML tree into a ``Config``; raise ``ConfigError`` naming the path."""
+    top = _Section(interpolate(raw, os.environ if env is None else env), "")
+    top.unknown({"server", "nats", "providers", "models", "failover_chain", "audit",
+                 "auth", "routing", "limits", "state_dir", "node_id", "demo"})
+    providers = tuple(
+        _provider(p, f"providers[{i}]") for i, p in enumerate(_list(top.data.get("providers"),
+                                                                     "providers"))
+    )
+    names = [p.name for p in providers]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise ConfigError(f"providers[{i}].name: duplicate provider {n!r}")
+    models = parse_models(top.data.get("models") or [], "models")
+    for i, m in enumerate(models):
+        if m.provider not in names:
+            raise ConfigError(f"models[{i}].provider: no provider named {m.provider!r}")
+    return Config(
+        server=_server(top.data.get("server")),
+        nats=_nats(top.data.get("nats")),
+        providers=providers,
+        models=models,
+        failover_chain=_failover(top.data.get("failover_chain"), set(names)),
+        audit=_audit(top.data.get("audit")),
+        auth=_auth(top.data.get("auth")),
+        routing=_routing(top.data.get("routing")),
+        limits=_limits(top.data.get("limits")),
+        state_dir=top.str("state_dir", ".gatekeeper"),
+        node_id=top.str("node_id", ""),
+        demo=top.choice("demo", "auto", ("auto", "on", "off")),
+        source=source,
+    )
+
+
+def load_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read the YAML file (``GATEKEEPER_CONFIG`` or ``config/gatekeeper.yaml``)."""
+    environ = os.environ if env is None else env
+    chosen = Path(path or environ.get("GATEKEEPER_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        text = chosen.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{chosen}: cannot read config file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{chosen}: not valid YAML ({exc})") from None
+    return parse_config(raw, env=environ, source=str(chosen))

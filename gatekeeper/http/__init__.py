@@ -1,0 +1,1 @@
+"""The HTTP edge: reading requests, writing responses, the one error boundary."""

@@ -1,0 +1,67 @@
+"""Step 1 — the client request: request id, content type, size cap, JSON body."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+
+from gatekeeper.errors import InvalidRequest, MalformedJSON, PayloadTooLarge, UnsupportedMediaType
+
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id_for(inbound: str | None) -> str:
+    """Echo a well-formed inbound ``x-request-id``, else make one."""
+    if inbound and _REQUEST_ID_RE.fullmatch(inbound):
+        return inbound
+    return "req_" + os.urandom(12).hex()
+
+
+def check_content_type(value: str | None) -> None:
+    media = (value or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        shown = media or "none"
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json (got {shown})", param="Content-Type")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequest("Content-Length is not a number", param="Content-Length")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"Request body is over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Request body is over the {limit}-byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise InvalidRequest("The client closed the connection before sending the body") \
+            from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise MalformedJSON("The request body is empty; expected a JSON object")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJSON(f"The request body is not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise MalformedJSON("The request body must be a JSON object")
+    return obj
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    check_content_type(request.headers.get("content-type"))
+    return parse_json_object(await read_body(request, limit))

@@ -1,0 +1,154 @@
+"""One gateway node (one worker process): builds every step and wires the pipeline.
+
+Nothing here decides anything; it connects NATS, provisions JetStream, creates the
+HTTP pools, keyring, ledger and audit chain, and hands them to ``Pipeline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from nats.aio.client import Client
+
+from gatekeeper.audit.chain import AuditChain, load_or_create_node_key
+from gatekeeper.audit.publisher import AuditPublisher
+from gatekeeper.audit.spool import AuditSpool
+from gatekeeper.auth.paserk import decode_public
+from gatekeeper.auth.verifier import Keyring, TokenVerifier
+from gatekeeper.budget.admission import LedgerAdmission
+from gatekeeper.budget.ledger import BudgetLedger
+from gatekeeper.bus.connect import connect
+from gatekeeper.bus.events import EventBus
+from gatekeeper.bus.streams import ensure_streams
+from gatekeeper.catalog import Catalog
+from gatekeeper.config import Config, ProviderConfig
+from gatekeeper.pipeline import Pipeline
+from gatekeeper.providers.base import Provider
+from gatekeeper.providers.demo import DEMO_PROVIDER, DemoProvider
+from gatekeeper.providers.openai import OpenAIProvider
+from gatekeeper.providers.pool import ProviderPool
+from gatekeeper.routing.live import LiveRouter
+from gatekeeper.routing.matrix import Matrix
+
+log = structlog.get_logger("gatekeeper.node")
+
+
+def build_provider(cfg: ProviderConfig) -> Provider:
+    if cfg.kind == "demo":
+        return DemoProvider(cfg.name)
+    if cfg.kind == "anthropic":
+        from gatekeeper.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(cfg)
+    return OpenAIProvider(cfg)
+
+
+def build_providers(config: Config, catalog: Catalog) -> dict[str, Provider]:
+    providers = {p.name: build_provider(p) for p in config.enabled_providers}
+    if catalog.demo and DEMO_PROVIDER not in providers:
+        providers[DEMO_PROVIDER] = DemoProvider()
+    return providers
+
+
+def build_verifier(config: Config) -> TokenVerifier:
+    keyring = Keyring(decode_public(k) for k in config.auth.issuers)
+    return TokenVerifier(keyring, leeway=config.auth.leeway_s, cache_size=config.auth.cache_size)
+
+
+@dataclass(slots=True)
+class Node:
+    node_id: str
+    config: Config
+    nc: Client
+    pipeline: Pipeline
+    audit: AuditPublisher
+    events: EventBus
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    nats_state: str = "connected"
+
+    def readiness(self) -> dict[str, Any]:
+        connected = self.nc.is_connected
+        providers = len(self.pipeline.pool.providers)
+        return {
+            "ready": connected and providers > 0,
+            "node_id": self.node_id,
+            "nats": "connected" if connected else "disconnected",
+            "providers": providers,
+            "audit_spool_depth": self.audit.spool_depth,
+            "audit_spool_alert": self.audit.spool_depth >= self.config.audit.spool_alert_records,
+        }
+
+    async def stop(self, grace: float) -> None:
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        pending = list(self.pipeline.background)
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+        await self.audit.stop(timeout=min(grace, 10.0))
+        await self.pipeline.pool.aclose()
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+
+
+async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: str) -> Node:
+    nc = await connect(nats_url, name=f"gatekeeper:{node_id}",
+                       timeout=config.nats.connect_timeout_s)
+    js = nc.jetstream()
+    for line in await ensure_streams(js, config.nats.replicas):
+        log.debug("streams.provisioned", detail=line)
+    state_dir = Path(config.state_dir) / "nodes" / node_id
+    key = load_or_create_node_key(state_dir / "node.key")
+    spool = AuditSpool(Path(config.audit.spool_dir) / node_id)
+    chain = await _resume_chain(js, node_id, key, spool)
+    audit = AuditPublisher(nc, js, chain, spool, node_id=node_id,
+                           strict=config.audit.mode == "strict")
+    events = EventBus(nc, node_id)
+    await events.publish_node_key(js, chain)
+    audit.start()
+    pool = ProviderPool(build_providers(config, catalog), hook=events)
+    router = LiveRouter(Matrix(catalog.models), catalog.chain,
+                        default_mode=config.routing.default_mode,
+                        quality_threshold=config.routing.quality_threshold)
+    ledger = BudgetLedger(node_id)
+    admission = LedgerAdmission(ledger, default_max_tokens=config.limits.default_max_tokens,
+                                alerts=events)
+    pipeline = Pipeline(config, build_verifier(config), router, admission, pool,
+                        _Auditor(audit, events))
+    return Node(node_id, config, nc, pipeline, audit, events)
+
+
+class _Auditor:
+    """The pipeline's step 8: the audit record, plus the routing event beside it."""
+
+    def __init__(self, audit: AuditPublisher, events: EventBus) -> None:
+        self.audit = audit
+        self.events = events
+
+    async def commit(self, ex: Any) -> None:
+        await self.audit.commit(ex)
+
+    def routed(self, ex: Any) -> None:
+        self.events.routed(ex)
+
+
+async def _resume_chain(js: Any, node_id: str, key: Any, spool: AuditSpool) -> AuditChain:
+    """Continue this node's chain after its newest record (spool first, then BH_AUDIT)."""
+    import orjson
+
+    last: dict[str, Any] | None = None
+    for _, data in spool.pending():
+        last = orjson.loads(data)
+    if last is None:
+        from gatekeeper.bus.streams import AUDIT, subject_token
+
+        with contextlib.suppress(Exception):
+            msg = await js.get_last_msg(AUDIT, f"bh.audit.*.{subject_token(node_id)}")
+            last = orjson.loads(msg.data)
+    return AuditChain.resume(node_id, key, last)

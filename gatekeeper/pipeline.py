@@ -1,0 +1,246 @@
+"""The request pipeline, top to bottom. Each step is a small object handed in.
+
+    1 request      http.inbound + validate      parse, cap, check
+    2 token        auth.TokenVerifier           Ed25519 PASETO, offline, cached
+    3 rate limit   limits.Admission.admit       rpm / tpm   (CRDT counters)
+    4 budget       limits.Admission.admit       tokens / usd reservation (CRDT counters)
+    5 route        routing.Router.route         model + ordered fallbacks
+    6 providers    providers.ProviderPool       failover chain, backoff, breakers
+    7 respond      http.responses               JSON or SSE, OpenAI wire format
+    8 audit        audit.Auditor.commit         BH_AUDIT (strict: acked before the end)
+
+The route (5) is decided before admission (3–4) because a USD reservation needs the
+chosen model's price; deciding is pure and takes microseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gatekeeper.auth.claims import Claims, model_allowed
+from gatekeeper.auth.verifier import TokenVerifier
+from gatekeeper.config import Config
+from gatekeeper.errors import GatewayError, PermissionDenied, StreamInterrupted
+from gatekeeper.http.inbound import read_json
+from gatekeeper.http.responses import SSEResponse, json_response
+from gatekeeper.providers.base import DONE_EVENT, Call, Usage
+from gatekeeper.providers.failover import Attempt
+from gatekeeper.providers.pool import ProviderPool
+from gatekeeper.providers.sse import error_event
+from gatekeeper.routing.matrix import ModelSpec
+from gatekeeper.validate import ChatRequest, validate_chat, validate_embeddings
+
+log = structlog.get_logger("gatekeeper.pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    model: ModelSpec
+    plan: tuple[ModelSpec, ...]  # what the pool tries, in order (model first)
+    mode: str
+    reason: str
+    event: dict[str, Any] = field(default_factory=dict)  # for BH_EVENTS
+
+    def headers(self) -> dict[str, str]:
+        return {"x-gatekeeper-routing-mode": self.mode, "x-gatekeeper-route-reason": self.reason}
+
+
+@dataclass(slots=True)
+class Exchange:
+    """Everything one request learned on its way through; becomes the audit record."""
+
+    request_id: str
+    started: float
+    endpoint: str
+    claims: Claims | None = None
+    requested_model: str = ""
+    stream: bool = False
+    route: RouteDecision | None = None
+    served: ModelSpec | None = None
+    attempts: tuple[Attempt, ...] = ()
+    usage: Usage | None = None
+    status: int = 200
+    error_code: str | None = None
+    ttft_ms: float | None = None
+    ticket: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 3)
+
+
+class Router(Protocol):
+    def route(self, req: ChatRequest, claims: Claims | None, mode_header: str | None,
+              open_breakers: frozenset[str]) -> RouteDecision: ...
+
+    def route_embedding(self, model: str) -> RouteDecision: ...
+
+
+class Admission(Protocol):
+    """Steps 3–4: rate limits and budget as one atomic reservation."""
+
+    def admit(self, ex: Exchange, req: ChatRequest | None) -> Any: ...
+
+    def settle(self, ex: Exchange) -> None: ...
+
+    def headers(self, ex: Exchange) -> dict[str, str]: ...
+
+
+class Auditor(Protocol):
+    async def commit(self, ex: Exchange) -> None: ...
+
+    def routed(self, ex: Exchange) -> None: ...
+
+
+@dataclass(slots=True)
+class Pipeline:
+    config: Config
+    verifier: TokenVerifier
+    router: Router
+    admission: Admission
+    pool: ProviderPool
+    auditor: Auditor
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    # ------------------------------------------------------------------ steps 1–5
+
+    def _authorize(self, ex: Exchange, request: Request) -> Claims:
+        claims = self.verifier.verify_bearer(request.headers.get("authorization"))
+        ex.claims = claims
+        return claims
+
+    def _check_model_allowed(self, claims: Claims, model: str) -> None:
+        if not model_allowed(claims, model):
+            raise PermissionDenied(f"This API key may not use the model '{model}'",
+                                   param="model", code="model_not_allowed")
+
+    async def _front(self, request: Request, ex: Exchange) -> ChatRequest:
+        claims = self._authorize(ex, request)
+        body = await read_json(request, self.config.server.max_body_bytes)
+        req = validate_chat(body)
+        ex.requested_model, ex.stream = req.model, req.stream
+        self._check_model_allowed(claims, req.model)
+        route = self.router.route(req, claims, request.headers.get("x-routing-mode"),
+                                  self.pool.open_breakers())
+        if route.model.name != req.model:
+            self._check_model_allowed(claims, route.model.name)
+        ex.route = route
+        self.auditor.routed(ex)
+        ex.ticket = self.admission.admit(ex, req)
+        return req
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.config.server.request_timeout_s
+
+    def _response_headers(self, ex: Exchange) -> dict[str, str]:
+        headers = {"x-request-id": ex.request_id}
+        if ex.route is not None:
+            headers.update(ex.route.headers())
+        if ex.served is not None:
+            headers["x-gatekeeper-model"] = ex.served.name
+            headers["x-gatekeeper-provider"] = ex.served.provider
+        headers.update(self.admission.headers(ex))
+        return headers
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def chat_completions(self, request: Request, rid: str, started: float) -> Response:
+        ex = Exchange(rid, started, "chat")
+        try:
+            req = await self._front(request, ex)
+            assert ex.route is not None
+            call = Call(ex.route.model, req.body, rid, req.include_usage)
+            if req.stream:
+                return await self._stream(ex, call)
+            served = await self.pool.chat(ex.route.plan, call, self._deadline())
+        except GatewayError as err:
+            await self._failed(ex, err)
+            raise
+        ex.served, ex.attempts, ex.usage = served.model, served.attempts, served.result.usage
+        await self._finish(ex)
+        return json_response(served.result.body, self._response_headers(ex))
+
+    async def embeddings(self, request: Request, rid: str, started: float) -> Response:
+        ex = Exchange(rid, started, "embeddings")
+        try:
+            claims = self._authorize(ex, request)
+            body = await read_json(request, self.config.server.max_body_bytes)
+            ex.requested_model = validate_embeddings(body)
+            self._check_model_allowed(claims, ex.requested_model)
+            ex.route = self.router.route_embedding(ex.requested_model)
+            ex.ticket = self.admission.admit(ex, None)
+            call = Call(ex.route.model, body, rid)
+            served = await self.pool.embeddings(ex.route.plan, call, self._deadline())
+        except GatewayError as err:
+            await self._failed(ex, err)
+            raise
+        ex.served, ex.attempts, ex.usage = served.model, served.attempts, served.result.usage
+        await self._finish(ex)
+        return json_response(served.result.body, self._response_headers(ex))
+
+    # ------------------------------------------------------------------ step 6–8
+
+    async def _stream(self, ex: Exchange, call: Call) -> Response:
+        assert ex.route is not None
+        served = await self.pool.chat_stream(ex.route.plan, call, self._deadline())
+        ex.served, ex.attempts = served.model, served.attempts
+        ex.ttft_ms = ex.elapsed_ms()
+        stream = served.result
+
+        async def pump(write: Callable[[bytes], Awaitable[None]]) -> None:
+            finished = False
+            try:
+                await write(stream.first)
+                async for part in stream.rest:
+                    await write(part)
+                ex.usage = stream.state.usage
+                finished = True
+                await self._finish(ex)
+                await write(DONE_EVENT)
+            except StreamInterrupted as err:
+                ex.usage = stream.state.usage
+                finished = True
+                await self._failed(ex, err)
+                await write(error_event(err))
+            finally:
+                await stream.aclose()
+                if not finished:  # client went away (cancelled) or a write failed
+                    ex.usage = stream.state.usage
+                    ex.status, ex.error_code = 499, "client_disconnected"
+                    self._later(self._settle_and_commit(ex))
+
+        return SSEResponse(pump, self._response_headers(ex))
+
+    async def _finish(self, ex: Exchange) -> None:
+        await self._settle_and_commit(ex)
+
+    async def _failed(self, ex: Exchange, err: GatewayError) -> None:
+        ex.status, ex.error_code = err.status, err.code
+        if isinstance(err, StreamInterrupted):
+            ex.status = 502
+        err.headers.update(self._response_headers(ex))
+        await self._settle_and_commit(ex)
+
+    async def _settle_and_commit(self, ex: Exchange) -> None:
+        if ex.ticket is not None:
+            self.admission.settle(ex)
+        await self.auditor.commit(ex)
+
+    def _later(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:  # background bookkeeping must never kill the loop
+                log.exception("pipeline.background_failed")
+
+        task = asyncio.ensure_future(run())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)

@@ -1,0 +1,1 @@
+"""Provider adapters: one module per upstream wire format, plus the pool that fails over."""

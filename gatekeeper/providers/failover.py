@@ -1,0 +1,133 @@
+"""Pure failover decisions: backoff, circuit breaker, the attempt plan, the final error."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gatekeeper.errors import (
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from gatekeeper.routing.matrix import ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverPolicy:
+    backoff_base_s: float = 0.1
+    backoff_cap_s: float = 2.0
+    retry_after_cap_s: float = 5.0
+    same_provider_retries: int = 1
+    breaker_failures: int = 5
+    breaker_reset_s: float = 10.0
+
+
+DEFAULT_POLICY = FailoverPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try against one provider, as recorded in the audit trail and events."""
+
+    provider: str
+    model: str
+    status: int | None
+    error: str | None
+    ms: float
+
+
+def next_backoff(attempt: int, retry_after: float | None, policy: FailoverPolicy = DEFAULT_POLICY,
+                 rand: float | None = None) -> float:
+    """Exponential backoff with full jitter; an upstream's Retry-After wins, up to a cap."""
+    if retry_after is not None:
+        return min(retry_after, policy.retry_after_cap_s)
+    ceiling = min(policy.backoff_cap_s, policy.backoff_base_s * (2 ** max(0, attempt - 1)))
+    return ceiling * (random.random() if rand is None else rand)
+
+
+def plan_attempts(primary: ModelSpec, fallbacks: Sequence[ModelSpec],
+                  chain: Sequence[str], policy: FailoverPolicy = DEFAULT_POLICY
+                  ) -> tuple[ModelSpec, ...]:
+    """The ordered models to try: the primary, then one fallback per provider in chain order.
+
+    With no other provider available the primary is retried ``same_provider_retries``
+    times (with backoff between tries).
+    """
+    rank = {name: i for i, name in enumerate(chain)}
+    seen = {primary.provider}
+    rest: list[ModelSpec] = []
+    for m in sorted(fallbacks, key=lambda m: rank.get(m.provider, len(rank))):
+        if m.provider not in seen:
+            seen.add(m.provider)
+            rest.append(m)
+    if not rest:
+        return (primary,) * (1 + policy.same_provider_retries)
+    return (primary, *rest)
+
+
+def final_error(errors: Sequence[ProviderError], attempts: Sequence[Attempt]) -> ProviderError:
+    """What the client gets when every attempt failed: names what was tried."""
+    tried = ", ".join(f"{a.provider}/{a.model}: {a.error or a.status}" for a in attempts)
+    message = f"All upstream attempts failed ({tried})"
+    retry_after = max((e.retry_after or 0.0 for e in errors), default=0.0) or None
+    if errors and all(isinstance(e, ProviderTimeout) for e in errors):
+        return ProviderTimeout(message, retry_after=retry_after)
+    if any(isinstance(e, ProviderUnavailable) for e in errors):
+        headers = {"retry-after": str(max(1, round(retry_after)))} if retry_after else None
+        return ProviderUnavailable(message, retry_after=retry_after, headers=headers)
+    return ProviderError(message)
+
+
+class Breaker:
+    """A per-provider circuit breaker: closed → open after N failures → half-open probe.
+
+    Time is passed in, so the breaker is a pure state machine.
+    """
+
+    __slots__ = ("failures", "opened_at", "policy", "probing", "state")
+
+    def __init__(self, policy: FailoverPolicy = DEFAULT_POLICY) -> None:
+        self.policy = policy
+        self.state = "closed"
+        self.failures = 0
+        self.opened_at = 0.0
+        self.probing = False
+
+    def allow(self, now: float) -> bool:
+        if self.state == "closed":
+            return True
+        if self.state == "open" and now - self.opened_at >= self.policy.breaker_reset_s:
+            self.state = "half_open"
+        if self.state == "half_open" and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def success(self) -> str | None:
+        """Record a success; returns the new state if it changed."""
+        self.failures = 0
+        self.probing = False
+        if self.state != "closed":
+            self.state = "closed"
+            return "closed"
+        return None
+
+    def failure(self, now: float) -> str | None:
+        """Record a failure; returns the new state if it changed."""
+        self.failures += 1
+        self.probing = False
+        if self.state == "half_open" or (
+            self.state == "closed" and self.failures >= self.policy.breaker_failures
+        ):
+            self.state = "open"
+            self.opened_at = now
+            return "open"
+        return None
+
+    def force_open(self, now: float) -> None:
+        """Open on a peer's word (learned over NATS)."""
+        if self.state == "closed":
+            self.state = "open"
+            self.opened_at = now

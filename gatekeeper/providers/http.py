@@ -1,0 +1,100 @@
+"""The upstream HTTP client (aiohttp) and the one place its errors become ours.
+
+Why aiohttp rather than httpx: see README "Dependencies" and BENCHMARKS.md — the
+httpx pass-through could not reach the foundation issue's 4,000 req/s bar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import aiohttp
+
+from gatekeeper.config import ProviderConfig
+from gatekeeper.errors import (
+    ProviderError,
+    ProviderRejected,
+    ProviderTimeout,
+    ProviderUnavailable,
+    StreamInterrupted,
+)
+
+
+def make_session(cfg: ProviderConfig) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=cfg.pool_size, limit_per_host=cfg.pool_size, keepalive_timeout=60,
+        ttl_dns_cache=300, enable_cleanup_closed=False,
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=cfg.timeouts.connect_s, sock_read=cfg.timeouts.first_byte_s
+    )
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=True,
+        skip_auto_headers=("User-Agent",), raise_for_status=False,
+    )
+
+
+@contextlib.contextmanager
+def mapped_errors(provider: str, *, streaming: bool = False) -> Iterator[None]:
+    """Translate aiohttp/asyncio failures into the gateway's ProviderError tree."""
+    try:
+        yield
+    except ProviderError:
+        raise
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise ProviderTimeout(f"{provider}: timed out waiting for the upstream",
+                              provider=provider) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise ProviderUnavailable(f"{provider}: cannot connect to the upstream ({exc.strerror})",
+                                  provider=provider) from exc
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+            aiohttp.ClientOSError) as exc:
+        cls = StreamInterrupted if streaming else ProviderError
+        raise cls(f"{provider}: the upstream closed the connection early",
+                  provider=provider) from exc
+    except aiohttp.ClientError as exc:
+        raise ProviderError(f"{provider}: upstream HTTP error ({type(exc).__name__})",
+                            provider=provider) from exc
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # HTTP-date form: treat as unknown; backoff decides
+    return seconds if seconds >= 0 else None
+
+
+def status_error(provider: str, status: int, reason: str, retry_after: str | None,
+                 *, code: str | None = None, param: str | None = None) -> ProviderError:
+    """The error for an upstream non-2xx status. ``reason`` is the upstream's message."""
+    ra = parse_retry_after(retry_after)
+    msg = f"{provider} returned {status}: {reason}"
+    if status == 429:
+        return ProviderUnavailable(msg, provider=provider, upstream_status=status,
+                                   retry_after=ra, code="upstream_rate_limited")
+    if status in (401, 403):
+        return ProviderError(f"{provider} rejected the gateway's credentials ({status})",
+                             provider=provider, upstream_status=status,
+                             code="upstream_auth_failed")
+    if status == 408:
+        return ProviderTimeout(msg, provider=provider, upstream_status=status)
+    if 400 <= status < 500:
+        return ProviderRejected(msg, provider=provider, upstream_status=status,
+                                param=param, code=code)
+    if status in (503, 529):
+        return ProviderUnavailable(msg, provider=provider, upstream_status=status,
+                                   retry_after=ra)
+    if status == 504:
+        return ProviderTimeout(msg, provider=provider, upstream_status=status)
+    return ProviderError(msg, provider=provider, upstream_status=status, retry_after=ra)
+
+
+async def close_quietly(resp: aiohttp.ClientResponse | None) -> None:
+    if resp is not None:
+        resp.close()
+        await asyncio.sleep(0)

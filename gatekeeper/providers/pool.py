@@ -1,0 +1,156 @@
+"""The provider pool: runs an attempt plan with failover, backoff and breakers.
+
+All decisions come from ``failover.py``; this module only does the awaiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from gatekeeper.errors import ProviderError, ProviderRejected, ProviderTimeout, ProviderUnavailable
+from gatekeeper.providers.base import Call, Provider, Reply, ReplyStream
+from gatekeeper.providers.failover import (
+    DEFAULT_POLICY,
+    Attempt,
+    Breaker,
+    FailoverPolicy,
+    final_error,
+    next_backoff,
+)
+from gatekeeper.routing.matrix import ModelSpec
+
+T = TypeVar("T")
+
+
+class PoolHook(Protocol):
+    """Told about what the pool does (events stream, health, metrics). Must not block."""
+
+    def attempt_done(self, attempt: Attempt, ttft_ms: float | None) -> None: ...
+
+    def failover(self, request_id: str, failed: Attempt, next_model: ModelSpec) -> None: ...
+
+    def breaker_changed(self, provider: str, state: str) -> None: ...
+
+
+class _NoHook:
+    def attempt_done(self, attempt: Attempt, ttft_ms: float | None) -> None:
+        return None
+
+    def failover(self, request_id: str, failed: Attempt, next_model: ModelSpec) -> None:
+        return None
+
+    def breaker_changed(self, provider: str, state: str) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Served(Generic[T]):
+    result: T
+    model: ModelSpec
+    attempts: tuple[Attempt, ...]
+
+
+class ProviderPool:
+    def __init__(self, providers: dict[str, Provider], *, policy: FailoverPolicy = DEFAULT_POLICY,
+                 hook: PoolHook | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.providers = providers
+        self.policy = policy
+        self.hook: PoolHook = hook or _NoHook()
+        self.clock = clock
+        self.breakers = {name: Breaker(policy) for name in providers}
+
+    def breaker_open(self, provider: str) -> bool:
+        b = self.breakers.get(provider)
+        return b is not None and b.state == "open"
+
+    def open_breakers(self) -> frozenset[str]:
+        return frozenset(n for n, b in self.breakers.items() if b.state == "open")
+
+    async def chat(self, plan: Sequence[ModelSpec], call: Call, deadline: float) -> Served[Reply]:
+        return await self._run(plan, call, deadline, lambda p, c: p.chat(c))
+
+    async def embeddings(self, plan: Sequence[ModelSpec], call: Call,
+                         deadline: float) -> Served[Reply]:
+        return await self._run(plan, call, deadline, lambda p, c: p.embeddings(c))
+
+    async def chat_stream(self, plan: Sequence[ModelSpec], call: Call,
+                          deadline: float) -> Served[ReplyStream]:
+        return await self._run(plan, call, deadline, lambda p, c: p.chat_stream(c))
+
+    async def _run(self, plan: Sequence[ModelSpec], call: Call, deadline: float,
+                   op: Callable[[Provider, Call], Awaitable[T]]) -> Served[T]:
+        attempts: list[Attempt] = []
+        errors: list[ProviderError] = []
+        tries_of: dict[str, int] = {}
+        for i, model in enumerate(plan):
+            breaker = self.breakers[model.provider]
+            if not breaker.allow(self.clock()):
+                attempts.append(Attempt(model.provider, model.name, None, "breaker open", 0.0))
+                continue
+            prior = tries_of.get(model.provider, 0)
+            if prior and errors:
+                delay = next_backoff(prior, errors[-1].retry_after, self.policy)
+                if self.clock() + delay >= deadline:
+                    break
+                await asyncio.sleep(delay)
+            tries_of[model.provider] = prior + 1
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                break
+            started = self.clock()
+            try:
+                async with asyncio.timeout(remaining):
+                    result = await op(self.providers[model.provider], _with_model(call, model))
+            except TimeoutError:
+                err: ProviderError = ProviderTimeout(
+                    f"{model.provider}: overall deadline reached", provider=model.provider)
+            except ProviderRejected:
+                self._record(breaker, model, started, 400, None, success=True)
+                raise
+            except ProviderError as exc:
+                err = exc
+            else:
+                ms = (self.clock() - started) * 1000
+                self._record(breaker, model, started, 200, None, success=True)
+                attempts.append(Attempt(model.provider, model.name, 200, None, round(ms, 3)))
+                return Served(result, model, tuple(attempts))
+            errors.append(err)
+            failed = self._record(breaker, model, started, err.upstream_status,
+                                  err.code or type(err).__name__, success=False)
+            attempts.append(failed)
+            if i + 1 < len(plan):
+                self.hook.failover(call.request_id, failed, plan[i + 1])
+        raise final_error(errors, attempts) if errors else _all_open(attempts)
+
+    def _record(self, breaker: Breaker, model: ModelSpec, started: float, status: int | None,
+                error: str | None, *, success: bool) -> Attempt:
+        now = self.clock()
+        attempt = Attempt(model.provider, model.name, status, error,
+                          round((now - started) * 1000, 3))
+        changed = breaker.success() if success else breaker.failure(now)
+        if changed:
+            self.hook.breaker_changed(model.provider, changed)
+        self.hook.attempt_done(attempt, None)
+        return attempt
+
+    async def aclose(self) -> None:
+        for p in self.providers.values():
+            await p.aclose()
+
+
+def _with_model(call: Call, model: ModelSpec) -> Call:
+    if call.model is model:
+        return call
+    return Call(model, call.body, call.request_id, call.include_usage)
+
+
+def _all_open(attempts: Sequence[Attempt]) -> ProviderError:
+    names = ", ".join(sorted({a.provider for a in attempts})) or "none"
+    return ProviderUnavailable(
+        f"No upstream available: circuit breaker open for {names}", retry_after=1.0,
+        headers={"retry-after": "1"},
+    )

@@ -1,0 +1,117 @@
+"""Step 5 — the router the pipeline calls: score, choose, and plan the failover order.
+
+Pure apart from reading the current matrix and health view it is handed (both are
+swapped whole when BH_CONFIG or BH_HEALTH changes, never mutated in place).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gatekeeper.auth.claims import Claims
+from gatekeeper.errors import ModelNotFound
+from gatekeeper.pipeline import RouteDecision
+from gatekeeper.providers.failover import plan_attempts
+from gatekeeper.routing.matrix import Matrix, ModelSpec
+from gatekeeper.routing.router import AUTO, Requirements, Route, choose, parse_mode
+from gatekeeper.routing.scorer import score
+from gatekeeper.validate import ChatRequest
+
+HealthView = Callable[[], Mapping[str, float]]
+
+
+def _no_health() -> Mapping[str, float]:
+    return {}
+
+
+class LiveRouter:
+    def __init__(
+        self,
+        matrix: Matrix,
+        chain: tuple[str, ...],
+        *,
+        default_mode: str,
+        quality_threshold: float,
+        health: HealthView = _no_health,
+    ) -> None:
+        self.matrix = matrix
+        self.chain = chain
+        self.default_mode = default_mode
+        self.quality_threshold = quality_threshold
+        self.health = health
+
+    def replace_matrix(self, matrix: Matrix) -> None:
+        self.matrix = matrix
+
+    def route(
+        self,
+        req: ChatRequest,
+        claims: Claims | None,
+        mode_header: str | None,
+        open_breakers: frozenset[str],
+    ) -> RouteDecision:
+        routing = claims.routing if claims is not None else None
+        mode = parse_mode(mode_header, routing.mode if routing else None, self.default_mode)
+        threshold = self.quality_threshold
+        if routing is not None and routing.quality_threshold is not None:
+            threshold = routing.quality_threshold
+        messages = req.body["messages"]
+        complexity = score(messages, tools=req.uses_tools)
+        needs = Requirements.of_chat(
+            messages, max_tokens=req.max_tokens, tools=req.uses_tools, json=req.wants_json
+        )
+        health = self.health()
+        route = choose(
+            self.matrix,
+            requested_model=req.model,
+            mode=mode,
+            complexity=complexity,
+            quality_threshold=threshold,
+            needs=needs,
+            health=health,
+            open_breakers=open_breakers,
+        )
+        fallbacks = route.fallbacks
+        if req.model != AUTO:  # a named model fails over to the best peer on each provider
+            peers = choose(
+                self.matrix,
+                requested_model=AUTO,
+                mode="capability",
+                complexity=complexity,
+                quality_threshold=threshold,
+                needs=needs,
+                health=health,
+                open_breakers=open_breakers,
+            )
+            fallbacks = tuple(
+                m for m in (peers.model, *peers.fallbacks) if m.provider != route.model.provider
+            )
+        plan = plan_attempts(route.model, fallbacks, self.chain)
+        return RouteDecision(route.model, plan, mode, route.reason, _event(route, plan))
+
+    def route_embedding(self, model: str) -> RouteDecision:
+        spec = self.matrix.get(model)
+        if spec is None or spec.kind != "embedding":
+            raise ModelNotFound(
+                f"The model '{model[:100]}' does not exist or is not an embedding model",
+                param="model",
+            )
+        plan = plan_attempts(spec, (), self.chain)
+        return RouteDecision(spec, plan, "requested", f"requested model {spec.name}")
+
+
+def _event(route: Route, plan: tuple[ModelSpec, ...]) -> dict[str, Any]:
+    c = route.complexity
+    return {
+        "mode": route.mode,
+        "task": c.task,
+        "score": c.score,
+        "level": c.level,
+        "candidates": list(route.candidates),
+        "chosen": route.model.name,
+        "provider": route.model.provider,
+        "reason": route.reason,
+        "plan": [f"{m.provider}/{m.name}" for m in plan],
+        "below_threshold": route.below_threshold,
+    }

@@ -1,0 +1,148 @@
+"""``gatekeeper serve``: the embedded defaults, the worker processes, graceful stop.
+
+workers == 1  uvicorn runs in this process.
+workers  > 1  this process supervises N worker processes; each binds the same port
+              with SO_REUSEPORT (the kernel spreads connections) and is an
+              independent node with its own node id. SIGTERM/SIGINT is passed on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+import uvicorn
+
+from gatekeeper.app import NodeIdentity, create_app
+from gatekeeper.auth.keyfiles import PUBLIC_KEY_FILE, SECRET_KEY_FILE, init_keys, \
+    load_secret_key, mint
+from gatekeeper.bus.embedded import EmbeddedNats
+from gatekeeper.config import Config
+
+log = structlog.get_logger("gatekeeper.server")
+
+DEV_ISSUER_ENV = "GATEKEEPER_DEV_ISSUER_PUB"
+
+
+def node_id_for(config: Config, worker: int) -> str:
+    """A unique, stable node id: config/env override, else host-port-worker."""
+    explicit = os.environ.get("GATEKEEPER_NODE_ID") or config.node_id
+    base = explicit or f"{socket.gethostname()}-{config.server.port}"
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in base)[:100]
+    return f"{safe}-w{worker}"
+
+
+def ensure_dev_issuer(config: Config) -> tuple[Config, str | None]:
+    """With no trusted issuers configured, create (once) and trust a dev issuer key."""
+    if config.auth.issuers:
+        return config, None
+    inherited = os.environ.get(DEV_ISSUER_ENV)
+    directory = Path(config.auth.dev_issuer_dir)
+    if inherited:
+        public = inherited
+    else:
+        if not (directory / SECRET_KEY_FILE).exists():
+            init_keys(directory)
+        public = (directory / PUBLIC_KEY_FILE).read_text().strip()
+    auth = dataclasses.replace(config.auth, issuers=(public,))
+    return dataclasses.replace(config, auth=auth), str(directory / SECRET_KEY_FILE)
+
+
+def banner(config: Config, token: str | None, nats_url: str, demo: bool) -> str:
+    base = f"http://{config.server.host}:{config.server.port}/v1"
+    model = "gatekeeper-demo" if demo else "auto"
+    lines = ["", "Gatekeeper is up.", f"  API:   {base}", f"  NATS:  {nats_url}"]
+    if demo:
+        lines.append("  Provider: built-in demo (no provider API key set; answers are canned)")
+    if token:
+        lines += ["", "Dev token (valid 30 days, signed by the dev issuer in "
+                  f"{config.auth.dev_issuer_dir}):", f"  {token}", "",
+                  "Try it:", f"  curl {base}/chat/completions \\",
+                  f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\",
+                  f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", "
+                  "\"content\": \"Hello!\"}]}'",
+                  "", "Or with the OpenAI SDK:", "  from openai import OpenAI",
+                  f"  client = OpenAI(base_url=\"{base}\", api_key=\"<the dev token>\")",
+                  f"  reply = client.chat.completions.create(model=\"{model}\",",
+                  "      messages=[{\"role\": \"user\", \"content\": \"Hello!\"}])",
+                  "  print(reply.choices[0].message.content)"]
+    return "\n".join(lines) + "\n"
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_worker(config: Config, nats_url: str, worker: int, *, reuse_port: bool) -> None:
+    identity = NodeIdentity(node_id_for(config, worker), nats_url)
+    app = create_app(config, identity)
+    ucfg = uvicorn.Config(
+        app, host=config.server.host, port=config.server.port, loop="uvloop",
+        http="httptools", lifespan="on", access_log=False, log_level="warning",
+        timeout_graceful_shutdown=int(config.server.shutdown_grace_s), backlog=2048,
+        timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(ucfg)
+    sockets = [_reuse_port_socket(config.server.host, config.server.port)] if reuse_port \
+        else None
+    server.run(sockets=sockets)
+    if server.started is False and not server.should_exit:
+        sys.exit(3)
+
+
+def supervise(argv: list[str], workers: int, env: dict[str, str]) -> int:
+    """Run N workers; pass SIGTERM/SIGINT on; restart a worker that dies unexpectedly."""
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def spawn(i: int) -> None:
+        procs[i] = subprocess.Popen([*argv, "--worker-index", str(i)], env=env)
+
+    def stop(signum: int, _: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for i in range(workers):
+        spawn(i)
+    while procs:
+        time.sleep(0.2)
+        for i, p in list(procs.items()):
+            code = p.poll()
+            if code is None:
+                continue
+            del procs[i]
+            if not stopping:
+                log.warning("worker.died", worker=i, code=code)
+                spawn(i)
+    return 0
+
+
+def start_embedded_nats(config: Config) -> EmbeddedNats:
+    server = EmbeddedNats(Path(config.nats.store_dir))
+    server.start()
+    return server
+
+
+def dev_token(secret_path: str | None) -> str | None:
+    if secret_path is None:
+        return None
+    return mint(load_secret_key(secret_path), tenant="dev", ttl=timedelta(days=30))
