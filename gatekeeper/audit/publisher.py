@@ -59,14 +59,21 @@ def to_record(ex: Exchange, node_id: str, now: float) -> AuditRecord:
         cost_usd=round(cost, 8),
         latency_ms=ex.elapsed_ms(),
         ttft_ms=ex.ttft_ms,
-        attempts=tuple(Attempt(a.provider, a.model, a.status, a.error, a.ms)
-                       for a in ex.attempts),
+        attempts=tuple(Attempt(a.provider, a.model, a.status, a.error, a.ms) for a in ex.attempts),
     )
 
 
 class AuditPublisher:
-    def __init__(self, nc: Client, js: JetStreamContext, chain: AuditChain, spool: AuditSpool,
-                 *, node_id: str, strict: bool = True) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        chain: AuditChain,
+        spool: AuditSpool,
+        *,
+        node_id: str,
+        strict: bool = True,
+    ) -> None:
         self.nc, self.js, self.chain, self.spool = nc, js, chain, spool
         self.node_id = node_id
         self.strict = strict
@@ -105,13 +112,15 @@ class AuditPublisher:
         try:
             await self._publish(subject, data, record.request_id)
         except (NatsError, TimeoutError, OSError) as exc:
-            log.warning("audit.publish_failed", request_id=record.request_id,
-                        error=type(exc).__name__)
+            log.warning(
+                "audit.publish_failed", request_id=record.request_id, error=type(exc).__name__
+            )
             await self._to_spool(data)
 
     async def _publish(self, subject: str, data: bytes, msg_id: str) -> None:
-        await self.js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S,
-                              headers={"Nats-Msg-Id": msg_id})
+        await self.js.publish(
+            subject, data, timeout=PUBLISH_TIMEOUT_S, headers={"Nats-Msg-Id": msg_id}
+        )
         self.published += 1
 
     async def _to_spool(self, data: bytes) -> None:

@@ -116,12 +116,17 @@ class VerifyReport:
     def render(self) -> str:
         """A human-readable summary: verdict, one line per node, one per issue."""
         verdict = "OK" if self.ok else f"FAILED, {len(self.issues)} issue(s)"
-        lines = [f"audit verification: {verdict} — {self.records} records, {len(self.nodes)} nodes"]
+        counts = f"{_plural(self.records, 'record')}, {_plural(len(self.nodes), 'node')}"
+        lines = [f"audit verification: {verdict} — {counts}"]
         for node in self.nodes:
             span = f"seq {node.first_seq}..{node.last_seq}"
-            lines.append(f"  node {node.node_id}: {node.count} records, {span}")
+            lines.append(f"  node {node.node_id}: {_plural(node.count, 'record')}, {span}")
         lines.extend(f"  {issue.render()}" for issue in self.issues)
         return "\n".join(lines)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[Mapping[str, Any] | UnreadableLine]:
@@ -171,15 +176,30 @@ def _link_of(item: Mapping[str, Any]) -> _Link | str:
     )
 
 
-def _signature_problem(link: _Link, public_key: bytes) -> str | None:
-    expected_kid = pid(public_key)
-    if link.sig_kid != expected_kid:
-        return f"signed with key {link.sig_kid}, but the node's key is {expected_kid}"
+@dataclass(frozen=True, slots=True)
+class _NodeKey:
+    kid: str
+    verify_key: VerifyKey
+
+    @classmethod
+    def of(cls, node_id: str, public_key: bytes) -> _NodeKey:
+        if len(public_key) != 32:
+            raise ValueError(f"public key of node {node_id!r} must be 32 raw bytes")
+        return cls(pid(public_key), VerifyKey(public_key))
+
+
+def _signature_problem(link: _Link, key: _NodeKey) -> str | None:
+    if link.sig_kid != key.kid:
+        return f"signed with key {link.sig_kid}, but the node's key is {key.kid}"
     try:
-        VerifyKey(public_key).verify(bytes.fromhex(link.hash), b64decode(link.sig))
+        key.verify_key.verify(bytes.fromhex(link.hash), b64decode(link.sig))
     except (BadSignatureError, MalformedToken, ValueError, binascii.Error):
         return "signature does not verify with the node's key"
     return None
+
+
+def _missing(first: int, last: int) -> str:
+    return f"missing seq {first}" if first == last else f"missing seq {first}..{last}"
 
 
 class _NodeLedger:
@@ -198,10 +218,10 @@ class _NodeLedger:
         """Broken links and gaps, in seq order."""
         seqs = sorted(self.links)
         if require_genesis and seqs[0] > 1:
-            yield Issue("gap", f"missing seq 1..{seqs[0] - 1}", self.node_id, 1)
+            yield Issue("gap", _missing(1, seqs[0] - 1), self.node_id, 1)
         for before, seq in itertools.pairwise(seqs):
             if seq > before + 1:
-                yield Issue("gap", f"missing seq {before + 1}..{seq - 1}", self.node_id, before + 1)
+                yield Issue("gap", _missing(before + 1, seq - 1), self.node_id, before + 1)
         for seq in seqs:
             link, position = self.links[seq]
             expected = GENESIS if seq == 1 else self._hash_of(seq - 1)
@@ -219,8 +239,9 @@ class _NodeLedger:
 
 
 class _Verifier:
-    def __init__(self, public_keys: Mapping[str, bytes]) -> None:
-        self.public_keys = public_keys
+    def __init__(self, public_keys: Mapping[str, bytes], check_order: bool) -> None:
+        self.keys = {node: _NodeKey.of(node, key) for node, key in public_keys.items()}
+        self.check_order = check_order
         self.ledgers: dict[str, _NodeLedger] = {}
         self.requests: dict[str, tuple[str, int]] = {}
         self.issues: list[Issue] = []
@@ -258,11 +279,11 @@ class _Verifier:
             detail = "content does not match its hash (record altered)"
             self.issues.append(ledger.issue("bad_hash", detail, link, position))
             return
-        public_key = self.public_keys.get(ledger.node_id)
-        if public_key is None:
+        key = self.keys.get(ledger.node_id)
+        if key is None:
             ledger.unsigned += 1
             return
-        problem = _signature_problem(link, public_key)
+        problem = _signature_problem(link, key)
         if problem is not None:
             self.issues.append(ledger.issue("bad_signature", problem, link, position))
 
@@ -278,7 +299,7 @@ class _Verifier:
             if first != (ledger.node_id, link.seq):
                 detail = f"request id already used by node {first[0]} seq {first[1]}"
                 self.issues.append(ledger.issue("duplicate", detail, link, position))
-        if link.seq < ledger.highest:
+        if link.seq < ledger.highest and self.check_order:
             detail = f"arrived after seq {ledger.highest}"
             self.issues.append(ledger.issue("out_of_order", detail, link, position))
         ledger.highest = max(ledger.highest, link.seq)
@@ -301,9 +322,15 @@ def verify_records(
     public_keys: Mapping[str, bytes],
     *,
     require_genesis: bool = False,
+    check_order: bool = True,
 ) -> VerifyReport:
-    """Verify records in stream order against each node's 32-byte Ed25519 public key."""
-    verifier = _Verifier(public_keys)
+    """Verify records in stream order against each node's 32-byte Ed25519 public key.
+
+    A key that is not 32 bytes raises ``ValueError``; nothing in ``records`` does.
+    ``check_order=False`` skips ``out_of_order``: seq and prev already prove each
+    node's order, so a stream that is allowed to reorder can still be verified.
+    """
+    verifier = _Verifier(public_keys, check_order)
     for position, item in enumerate(records, start=1):
         verifier.feed(position, item)
     return verifier.finish(require_genesis)

@@ -8,6 +8,9 @@ reported; a failed request keeps only its request count.
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +25,7 @@ from gatekeeper.routing.router import estimate_tokens
 from gatekeeper.validate import ChatRequest
 
 MICRO = 1_000_000
+_SAFE = re.compile(r"[A-Za-z0-9_=-]{1,128}")
 
 
 class AlertSink(Protocol):
@@ -42,9 +46,16 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def counter_key(sub: str) -> str:
+    """The key id as counter-id material: as is when safe, else a short stable hash."""
+    if _SAFE.fullmatch(sub):
+        return sub
+    return "h" + hashlib.blake2b(sub.encode(), digest_size=12).hexdigest()
+
+
 def plan_counters(claims: Claims, now: datetime) -> tuple[dict[str, str], dict[str, int]]:
     """Counter ids (by kind) and limits for a key at ``now`` (pure)."""
-    key = claims.sub
+    key = counter_key(claims.sub)
     ids: dict[str, str] = {}
     limits: dict[str, int] = {}
     if claims.rpm is not None or claims.tpm is not None:
@@ -89,14 +100,15 @@ class LedgerAdmission:
         ids, limits = plan_counters(claims, now)
         if req is not None:
             prompt = estimate_tokens(req.body["messages"])
-            est = prompt + (req.max_tokens or self.default_max_tokens)
-        else:
-            est = 1
+            completion = req.max_tokens or self.default_max_tokens
+        else:  # embeddings: the input is the whole cost; estimated from the body size
+            prompt, completion = 1, 0
+        est = prompt + completion
         model = ex.route.model if ex.route is not None else None
         amounts = {ids[k]: v for k, v in (("req", 1), ("tpm", est), ("tok", est)) if k in ids}
         if "usd" in ids:
-            worst = model.cost_usd(est, req.max_tokens or self.default_max_tokens) if model else 0.0
-            amounts[ids["usd"]] = round(worst * MICRO)
+            worst = model.cost_usd(prompt, completion) if model is not None else 0.0
+            amounts[ids["usd"]] = math.ceil(worst * MICRO)
         reservation = self.ledger.reserve(amounts, limits, now)
         return Ticket(reservation, limits, ids, est)
 

@@ -69,8 +69,10 @@ def plan_attempts(primary: ModelSpec, fallbacks: Sequence[ModelSpec],
 
 def final_error(errors: Sequence[ProviderError], attempts: Sequence[Attempt]) -> ProviderError:
     """What the client gets when every attempt failed: names what was tried."""
-    tried = ", ".join(f"{a.provider}/{a.model}: {a.error or a.status}" for a in attempts)
-    message = f"All upstream attempts failed ({tried})"
+    reasons = [e.message for e in errors]
+    reasons += [f"{a.provider}: {a.error}" for a in attempts if a.status is None and
+                a.error == "breaker open"]
+    message = "All upstream attempts failed: " + "; ".join(reasons)
     retry_after = max((e.retry_after or 0.0 for e in errors), default=0.0) or None
     if errors and all(isinstance(e, ProviderTimeout) for e in errors):
         return ProviderTimeout(message, retry_after=retry_after)

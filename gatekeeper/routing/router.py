@@ -95,11 +95,6 @@ class Requirements:
             return False
         return self.prompt_tokens + self.max_tokens <= spec.context_window
 
-    def served_by(self, spec: ModelSpec) -> bool:
-        return (
-            spec.kind == self.kind and self.fits(spec) and self.capabilities() <= spec.capabilities
-        )
-
 
 NO_REQUIREMENTS = Requirements()
 

@@ -69,7 +69,7 @@ _WORDS: Mapping[TaskClass, frozenset[str]] = {
         " clauses warranty warranties jurisdiction gdpr hipaa lease tenant tenants landlord"
         " lawsuit litigation statute statutes statutory legal legally attorney lawyer"
         " lawyers arbitration copyright trademark patent breach plaintiff defendant"
-        " severability non-compete compliance"
+        " severability non-compete compliance license licence licensing"
     ),
     "code": _vocabulary(
         "code coding function functions method methods bug bugs debug debugging refactor"

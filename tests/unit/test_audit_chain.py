@@ -30,8 +30,8 @@ from gatekeeper.audit import (
     wire_bytes,
 )
 from gatekeeper.audit.record import MAX_TEXT
-from gatekeeper.auth.paseto import b64decode
 from gatekeeper.auth.paserk import decode_public, pid
+from gatekeeper.auth.paseto import b64decode
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "audit.md"
 
@@ -83,7 +83,13 @@ class TestAuditRecord:
         """The record is a public contract: these fields, and no room for text or keys."""
         sealed = AuditChain("gk-1", SigningKey.generate()).seal(make_record())
         assert set(sealed.to_dict()) == WIRE_FIELDS
-        assert set(sealed.to_dict()["attempts"][0]) == {"provider", "model", "status", "error", "ms"}
+        assert set(sealed.to_dict()["attempts"][0]) == {
+            "provider",
+            "model",
+            "status",
+            "error",
+            "ms",
+        }
 
     def test_every_field_is_documented(self) -> None:
         """docs/audit.md has a table row for every wire field."""
@@ -268,7 +274,7 @@ class TestNodeKey:
         path = tmp_path / "node.key"
         path.write_text("not a key\n")
         os.chmod(path, 0o600)
-        with pytest.raises(NodeKeyError, match="node.key"):
+        with pytest.raises(NodeKeyError, match=r"node\.key"):
             load_or_create_node_key(path)
 
     def test_public_key_text_is_a_k4_public_paserk(self) -> None:
