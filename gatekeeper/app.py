@@ -91,6 +91,16 @@ def create_app(config: Config, identity: NodeIdentity) -> Starlette:
         return json_response(orjson.dumps(model_entry(spec, state.created)),
                              {"x-request-id": rid})
 
+    @endpoint
+    async def usage(request: Request, rid: str, started: float) -> Response:
+        """A key's own budget and rate-limit counters, as this node sees them."""
+        node = state.node
+        assert node is not None
+        claims = state.pipeline.verifier.verify_bearer(request.headers.get("authorization"))
+        body = {"key_id": claims.sub, "tenant": claims.tenant, "node_id": node.node_id,
+                "counters": node.admission.usage(claims)}
+        return json_response(orjson.dumps(body), {"x-request-id": rid})
+
     async def healthz(request: Request) -> Response:
         return json_response(b'{"status":"ok"}', {})
 
@@ -116,6 +126,7 @@ def create_app(config: Config, identity: NodeIdentity) -> Starlette:
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model, methods=["GET"]),
+        Route("/v1/gatekeeper/usage", usage, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]

@@ -21,10 +21,11 @@ from gatekeeper.audit.spool import AuditSpool
 from gatekeeper.auth.paserk import decode_public
 from gatekeeper.auth.verifier import Keyring, TokenVerifier
 from gatekeeper.budget.admission import LedgerAdmission
+from gatekeeper.budget.gossip import Gossip
 from gatekeeper.budget.ledger import BudgetLedger
 from gatekeeper.bus.connect import connect
 from gatekeeper.bus.events import EventBus
-from gatekeeper.bus.streams import ensure_streams
+from gatekeeper.bus.streams import BUDGET_BUCKET, ensure_streams
 from gatekeeper.catalog import Catalog
 from gatekeeper.config import Config, ProviderConfig
 from gatekeeper.pipeline import Pipeline
@@ -68,6 +69,8 @@ class Node:
     pipeline: Pipeline
     audit: AuditPublisher
     events: EventBus
+    admission: LedgerAdmission
+    gossip: Gossip
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     nats_state: str = "connected"
 
@@ -92,6 +95,7 @@ class Node:
         if pending:
             await asyncio.wait(pending, timeout=grace)
         await self.audit.stop(timeout=min(grace, 10.0))
+        await self.gossip.stop()
         await self.pipeline.pool.aclose()
         with contextlib.suppress(Exception):
             await self.nc.drain()
@@ -117,11 +121,14 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
                         default_mode=config.routing.default_mode,
                         quality_threshold=config.routing.quality_threshold)
     ledger = BudgetLedger(node_id)
+    gossip = Gossip(nc, await js.key_value(BUDGET_BUCKET), ledger,
+                    interval_s=config.limits.gossip_interval_ms / 1000)
+    await gossip.start()  # own slots are loaded before any traffic is admitted
     admission = LedgerAdmission(ledger, default_max_tokens=config.limits.default_max_tokens,
-                                alerts=events)
+                                alerts=events, on_change=gossip.changed)
     pipeline = Pipeline(config, build_verifier(config), router, admission, pool,
                         _Auditor(audit, events))
-    return Node(node_id, config, nc, pipeline, audit, events)
+    return Node(node_id, config, nc, pipeline, audit, events, admission, gossip)
 
 
 class _Auditor:

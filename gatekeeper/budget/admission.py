@@ -42,6 +42,10 @@ class Ticket:
     est_tokens: int
 
 
+def _nothing() -> None:
+    return None
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -86,7 +90,9 @@ class LedgerAdmission:
         default_max_tokens: int,
         alerts: AlertSink | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
+        self.on_change = on_change or _nothing
         self.ledger = ledger
         self.default_max_tokens = default_max_tokens
         self.alerts = alerts
@@ -110,6 +116,7 @@ class LedgerAdmission:
             worst = model.cost_usd(prompt, completion) if model is not None else 0.0
             amounts[ids["usd"]] = math.ceil(worst * MICRO)
         reservation = self.ledger.reserve(amounts, limits, now)
+        self.on_change()
         return Ticket(reservation, limits, ids, est)
 
     def settle(self, ex: Exchange) -> None:
@@ -131,6 +138,7 @@ class LedgerAdmission:
             if k in ticket.ids
         }
         self.ledger.settle(ticket.reservation, actual)
+        self.on_change()
         if self.alerts is None or ex.claims is None:
             return
         for kind, prior in before.items():
@@ -139,6 +147,13 @@ class LedgerAdmission:
             after = self.ledger.value(cid) - self.ledger.held(cid)
             for threshold in crossed_thresholds(prior, after, limit):
                 self.alerts.budget_alert(ex.claims.sub, cid, threshold, after, limit)
+
+    def usage(self, claims: Claims) -> dict[str, dict[str, int]]:
+        """This node's merged view of a key's counters (for ``GET /v1/gatekeeper/usage``)."""
+        ids, limits = plan_counters(claims, self.clock())
+        return {kind: {"used": self.ledger.value(cid) - self.ledger.held(cid),
+                       "in_flight": self.ledger.held(cid), "limit": limits[cid]}
+                for kind, cid in ids.items()}
 
     def headers(self, ex: Exchange) -> dict[str, str]:
         ticket = ex.ticket

@@ -297,8 +297,9 @@ def _reason(
         )
     if mode == "cost":
         return f"cost: cheapest with {task} quality >= {bar:.2f} ({scored})"
-    p99 = health.get(spec.name)
-    fastest = f"fastest p99 TTFT {p99:.3f}s" if p99 is not None else "no p99 data, cheapest"
+    p99 = health.get(spec.name, _UNKNOWN)
+    known = 0 <= p99 < _UNKNOWN
+    fastest = f"fastest p99 TTFT {p99:.3f}s" if known else "no p99 data, cheapest"
     return f"latency: {fastest} with {task} quality >= {bar:.2f} ({scored})"
 
 

@@ -1,10 +1,10 @@
 """Task-complexity scoring: which kind of task a request is, and how hard.
 
 ``score()`` reads only the last user message (its first ``SCAN_LIMIT`` characters)
-plus the conversation's total length, as a set of words checked against fixed
-vocabularies (set intersections and substring checks, no per-word Python loop), so
-it costs a few microseconds. It is deterministic and explains itself: ``features`` lists what each
-signal added to the score.
+plus the conversation's total length. The message becomes a set of lowercased words
+checked against fixed vocabularies (set intersections and a few substring checks, no
+per-word Python loop), so it costs microseconds. It is deterministic and explains
+itself: ``features`` lists what each signal added to the score.
 
 The task class is the class with the most distinct keyword hits (code syntax counts
 two; two or more of ``+ = ^`` beside digits count one for math; ties go to the earlier
@@ -77,7 +77,7 @@ _WORDS: Mapping[TaskClass, frozenset[str]] = {
         " typescript java rust golang kotlin swift sql mysql postgres postgresql sqlite"
         " query queries regex api endpoint endpoints script scripts exception exceptions"
         " traceback algorithm algorithms repo repository git docker dockerfile kubernetes"
-        " html css react django flask program programming c++ c# json yaml"
+        " html css react django flask program programming c++ c# json yaml unit-test unit-tests"
     ),
     "math": _vocabulary(
         "prove proof theorem lemma integral integrals integrate derivative derivatives"
@@ -270,4 +270,4 @@ def _multi_step(lowered: str, words: set[str], phrases: int) -> float:
         steps += sum(1 for item in _NUMBERED if item in lowered)
     if "\n" in lowered:
         steps += sum(1 for item in _BULLETS if item in lowered)
-    return 0.05 * min(steps, 4) if steps >= 2 else 0.0
+    return round(0.05 * min(steps, 4), 2) if steps >= 2 else 0.0
