@@ -27,6 +27,7 @@ from gatekeeper.http.inbound import request_id_for
 from gatekeeper.http.responses import error_response, json_response
 from gatekeeper.node import Node, start_node
 from gatekeeper.pipeline import Pipeline
+from gatekeeper.routing.matrix import Matrix
 
 log = structlog.get_logger("gatekeeper.app")
 
@@ -45,6 +46,11 @@ class AppState:
     node: Node | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
+    def live_matrix(self) -> Matrix:
+        if self.node is None:
+            raise GatewayError("The gateway is still starting")
+        return self.node.router.matrix
+
     @property
     def pipeline(self) -> Pipeline:
         if self.node is None:
@@ -57,10 +63,14 @@ def create_app(config: Config, identity: NodeIdentity) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        state.node = await start_node(config, state.catalog, identity.node_id,
-                                      identity.nats_url)
-        log.info("node.started", node_id=identity.node_id, nats=identity.nats_url,
-                 models=len(state.catalog.models), demo=state.catalog.demo)
+        state.node = await start_node(config, state.catalog, identity.node_id, identity.nats_url)
+        log.info(
+            "node.started",
+            node_id=identity.node_id,
+            nats=identity.nats_url,
+            models=len(state.catalog.models),
+            demo=state.catalog.demo,
+        )
         try:
             yield
         finally:
@@ -78,18 +88,18 @@ def create_app(config: Config, identity: NodeIdentity) -> Starlette:
     @endpoint
     async def models(request: Request, rid: str, started: float) -> Response:
         state.pipeline.verifier.verify_bearer(request.headers.get("authorization"))
-        body = {"object": "list", "data": state.catalog.listing(state.created)}
+        matrix = state.live_matrix()
+        body = {"object": "list", "data": [model_entry(m, state.created) for m in matrix]}
         return json_response(orjson.dumps(body), {"x-request-id": rid})
 
     @endpoint
     async def model(request: Request, rid: str, started: float) -> Response:
         state.pipeline.verifier.verify_bearer(request.headers.get("authorization"))
         name = request.path_params["model"]
-        spec = state.catalog.find(name)
+        spec = state.live_matrix().get(name)
         if spec is None:
             raise ModelNotFound(f"The model '{name[:100]}' does not exist", param="model")
-        return json_response(orjson.dumps(model_entry(spec, state.created)),
-                             {"x-request-id": rid})
+        return json_response(orjson.dumps(model_entry(spec, state.created)), {"x-request-id": rid})
 
     @endpoint
     async def usage(request: Request, rid: str, started: float) -> Response:
@@ -97,8 +107,12 @@ def create_app(config: Config, identity: NodeIdentity) -> Starlette:
         node = state.node
         assert node is not None
         claims = state.pipeline.verifier.verify_bearer(request.headers.get("authorization"))
-        body = {"key_id": claims.sub, "tenant": claims.tenant, "node_id": node.node_id,
-                "counters": node.admission.usage(claims)}
+        body = {
+            "key_id": claims.sub,
+            "tenant": claims.tenant,
+            "node_id": node.node_id,
+            "counters": node.admission.usage(claims),
+        }
         return json_response(orjson.dumps(body), {"x-request-id": rid})
 
     async def healthz(request: Request) -> Response:
@@ -114,12 +128,16 @@ def create_app(config: Config, identity: NodeIdentity) -> Starlette:
         rid = request_id_for(request.headers.get("x-request-id"))
         err: GatewayError
         if exc.status_code == 405:
-            err = MethodNotAllowed(f"Method {request.method} is not allowed on "
-                                   f"{request.url.path}")
+            err = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}")
         else:
             err = NotFound(f"Unknown path {request.url.path[:200]}", code="unknown_url")
-        return error_response(err, rid, {"allow": exc.headers.get("allow", "")}
-                              if exc.headers and "allow" in exc.headers else None)
+        return error_response(
+            err,
+            rid,
+            {"allow": exc.headers.get("allow", "")}
+            if exc.headers and "allow" in exc.headers
+            else None,
+        )
 
     routes = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
@@ -130,7 +148,8 @@ def create_app(config: Config, identity: NodeIdentity) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error})
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )
     app.state.gateway = state
     return app

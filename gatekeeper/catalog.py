@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gatekeeper.config import Config
-from gatekeeper.errors import ModelNotFound
 from gatekeeper.providers.demo import DEMO_LABEL, DEMO_PROVIDER, demo_models
 from gatekeeper.routing.matrix import ModelSpec
 
@@ -45,31 +43,6 @@ class Catalog:
         if demo and DEMO_PROVIDER not in chain:
             chain.append(DEMO_PROVIDER)
         return Catalog(tuple(served), tuple(missing), tuple(chain), demo)
-
-    def find(self, name: str) -> ModelSpec | None:
-        for m in self.models:
-            if m.name == name:
-                return m
-        return None
-
-    def get(self, name: str, *, kind: str = "chat") -> ModelSpec:
-        model = self.find(name)
-        if model is not None and model.kind == kind:
-            return model
-        if model is not None:
-            raise ModelNotFound(f"The model '{name}' is an {model.kind} model, not a {kind} "
-                                f"model", param="model")
-        why = dict(self.unavailable).get(name)
-        detail = f": {why}" if why else ""
-        raise ModelNotFound(f"The model '{name}' does not exist or is not available{detail}",
-                            param="model")
-
-    def of_kind(self, kind: str) -> Iterable[ModelSpec]:
-        return (m for m in self.models if m.kind == kind)
-
-    def listing(self, created: int) -> list[dict[str, object]]:
-        """The OpenAI ``/v1/models`` entries."""
-        return [model_entry(m, created) for m in self.models]
 
 
 def model_entry(m: ModelSpec, created: int) -> dict[str, object]:

@@ -13,12 +13,16 @@ from gatekeeper.config import ConfigError, load_config
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the gateway")
-    p.add_argument("--config", help="YAML config (default: $GATEKEEPER_CONFIG or "
-                   "config/gatekeeper.yaml)")
+    p.add_argument(
+        "--config", help="YAML config (default: $GATEKEEPER_CONFIG or config/gatekeeper.yaml)"
+    )
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--nats-url", help="NATS URL(s); default $GATEKEEPER_NATS_URL, else the "
-                   "config's nats.url ('embedded' starts a local nats-server)")
+    p.add_argument(
+        "--nats-url",
+        help="NATS URL(s); default $GATEKEEPER_NATS_URL, else the "
+        "config's nats.url ('embedded' starts a local nats-server)",
+    )
     p.add_argument("--workers", type=int, help="worker processes sharing the port")
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
@@ -35,8 +39,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gatekeeper: invalid config: {exc}", file=sys.stderr)
         return 2
-    srv = dataclasses.replace(config.server, **{k: v for k, v in (
-        ("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None})
+    srv = dataclasses.replace(
+        config.server,
+        **{
+            k: v
+            for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers))
+            if v is not None
+        },
+    )
     config = dataclasses.replace(config, server=srv)
     config, dev_secret = server.ensure_dev_issuer(config)
     nats_url = args.nats_url or os.environ.get("GATEKEEPER_NATS_URL") or config.nats.url
@@ -48,15 +58,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         embedded = server.start_embedded_nats(config)
         nats_url = embedded.url
     try:
-        print(server.banner(config, server.dev_token(dev_secret), nats_url,
-                            demo_enabled(config)), file=sys.stderr, flush=True)
+        print(
+            server.banner(config, server.dev_token(dev_secret), nats_url, demo_enabled(config)),
+            file=sys.stderr,
+            flush=True,
+        )
         if config.server.workers == 1:
             server.run_worker(config, nats_url, 0, reuse_port=False)
             return 0
-        env = dict(os.environ, GATEKEEPER_NATS_URL=nats_url,
-                   **({server.DEV_ISSUER_ENV: config.auth.issuers[0]} if dev_secret else {}))
-        argv = [sys.executable, "-m", "gatekeeper", "serve", "--nats-url", nats_url,
-                "--host", config.server.host, "--port", str(config.server.port)]
+        env = dict(
+            os.environ,
+            GATEKEEPER_NATS_URL=nats_url,
+            **({server.DEV_ISSUER_ENV: config.auth.issuers[0]} if dev_secret else {}),
+        )
+        argv = [
+            sys.executable,
+            "-m",
+            "gatekeeper",
+            "serve",
+            "--nats-url",
+            nats_url,
+            "--host",
+            config.server.host,
+            "--port",
+            str(config.server.port),
+        ]
         if args.config:
             argv += ["--config", args.config]
         return server.supervise(argv, config.server.workers, env)

@@ -240,8 +240,17 @@ def _check_url(value: str, path: str, schemes: tuple[str, ...]) -> str:
 
 def _server(data: object) -> ServerConfig:
     s = _Section(data, "server")
-    s.unknown({"host", "port", "workers", "max_body_bytes", "request_timeout_s",
-               "shutdown_grace_s", "admin_token"})
+    s.unknown(
+        {
+            "host",
+            "port",
+            "workers",
+            "max_body_bytes",
+            "request_timeout_s",
+            "shutdown_grace_s",
+            "admin_token",
+        }
+    )
     port = s.int("port", 8080)
     if port > 65535:
         raise ConfigError("server.port: must be between 0 and 65535")
@@ -262,8 +271,11 @@ def _nats(data: object) -> NatsConfig:
     url = s.str("url", "embedded") or "embedded"
     if url != "embedded":
         for i, part in enumerate(url.split(",")):
-            _check_url(part.strip(), f"nats.url[{i}]" if "," in url else "nats.url",
-                       ("nats", "tls", "ws", "wss"))
+            _check_url(
+                part.strip(),
+                f"nats.url[{i}]" if "," in url else "nats.url",
+                ("nats", "tls", "ws", "wss"),
+            )
     return NatsConfig(
         url=url,
         store_dir=s.str("store_dir", ".gatekeeper/nats"),
@@ -284,8 +296,18 @@ def _timeouts(data: object, path: str) -> Timeouts:
 
 def _provider(data: object, path: str) -> ProviderConfig:
     s = _Section(data, path)
-    s.unknown({"name", "kind", "base_url", "api_key", "api_key_required", "timeouts",
-               "pool_size", "headers"})
+    s.unknown(
+        {
+            "name",
+            "kind",
+            "base_url",
+            "api_key",
+            "api_key_required",
+            "timeouts",
+            "pool_size",
+            "headers",
+        }
+    )
     name = s.str("name", "", required=True)
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
         raise ConfigError(f"{path}.name: lowercase letters, digits, '-' and '_' only")
@@ -375,15 +397,30 @@ def _limits(data: object) -> LimitsConfig:
     )
 
 
-def parse_config(raw: object, *, env: Mapping[str, str] | None = None,
-                 source: str = "<memory>") -> Config:
+def parse_config(
+    raw: object, *, env: Mapping[str, str] | None = None, source: str = "<memory>"
+) -> Config:
     """Validate a YAML tree into a ``Config``; raise ``ConfigError`` naming the path."""
     top = _Section(interpolate(raw, os.environ if env is None else env), "")
-    top.unknown({"server", "nats", "providers", "models", "failover_chain", "audit",
-                 "auth", "routing", "limits", "state_dir", "node_id", "demo"})
+    top.unknown(
+        {
+            "server",
+            "nats",
+            "providers",
+            "models",
+            "failover_chain",
+            "audit",
+            "auth",
+            "routing",
+            "limits",
+            "state_dir",
+            "node_id",
+            "demo",
+        }
+    )
     providers = tuple(
-        _provider(p, f"providers[{i}]") for i, p in enumerate(_list(top.data.get("providers"),
-                                                                     "providers"))
+        _provider(p, f"providers[{i}]")
+        for i, p in enumerate(_list(top.data.get("providers"), "providers"))
     )
     names = [p.name for p in providers]
     for i, n in enumerate(names):

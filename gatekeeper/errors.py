@@ -182,10 +182,23 @@ class ProviderRejected(ProviderError):
     type = "invalid_request_error"
     default_code = "upstream_rejected"
 
-    def __init__(self, message: str, *, provider: str = "", upstream_status: int = 400,
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message, provider=provider, upstream_status=upstream_status,
-                         retryable=False, param=param, code=code)
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        upstream_status: int = 400,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            provider=provider,
+            upstream_status=upstream_status,
+            retryable=False,
+            param=param,
+            code=code,
+        )
 
     @property
     def status(self) -> int:  # type: ignore[override]

@@ -36,12 +36,19 @@ def _redact_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutab
 
 
 def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
-    fmt = fmt or os.environ.get("GATEKEEPER_LOG_FORMAT") or (
-        "console" if sys.stderr.isatty() else "json")
-    lvl = getattr(logging, (level or os.environ.get("GATEKEEPER_LOG_LEVEL", "info")).upper(),
-                  logging.INFO)
-    renderer: Any = (structlog.dev.ConsoleRenderer(colors=True) if fmt == "console"
-                     else structlog.processors.JSONRenderer())
+    fmt = (
+        fmt
+        or os.environ.get("GATEKEEPER_LOG_FORMAT")
+        or ("console" if sys.stderr.isatty() else "json")
+    )
+    lvl = getattr(
+        logging, (level or os.environ.get("GATEKEEPER_LOG_LEVEL", "info")).upper(), logging.INFO
+    )
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=True)
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 from nats.aio.client import Client
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
 
 from gatekeeper.audit.chain import AuditChain, load_or_create_node_key
 from gatekeeper.audit.publisher import AuditPublisher
@@ -25,16 +27,17 @@ from gatekeeper.budget.gossip import Gossip
 from gatekeeper.budget.ledger import BudgetLedger
 from gatekeeper.bus.connect import connect
 from gatekeeper.bus.events import EventBus
-from gatekeeper.bus.streams import BUDGET_BUCKET, ensure_streams
+from gatekeeper.bus.config_watch import MATRIX_KEY, ConfigWatcher, LiveConfig
+from gatekeeper.bus.streams import BUDGET_BUCKET, CONFIG_BUCKET, ensure_streams
 from gatekeeper.catalog import Catalog
 from gatekeeper.config import Config, ProviderConfig
 from gatekeeper.pipeline import Pipeline
 from gatekeeper.providers.base import Provider
-from gatekeeper.providers.demo import DEMO_PROVIDER, DemoProvider
+from gatekeeper.providers.demo import DEMO_PROVIDER, DemoProvider, demo_models
 from gatekeeper.providers.openai import OpenAIProvider
 from gatekeeper.providers.pool import ProviderPool
 from gatekeeper.routing.live import LiveRouter
-from gatekeeper.routing.matrix import Matrix
+from gatekeeper.routing.matrix import Matrix, model_dict
 
 log = structlog.get_logger("gatekeeper.node")
 
@@ -71,6 +74,8 @@ class Node:
     events: EventBus
     admission: LedgerAdmission
     gossip: Gossip
+    router: LiveRouter
+    watcher: ConfigWatcher
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     nats_state: str = "connected"
 
@@ -96,14 +101,16 @@ class Node:
             await asyncio.wait(pending, timeout=grace)
         await self.audit.stop(timeout=min(grace, 10.0))
         await self.gossip.stop()
+        await self.watcher.stop()
         await self.pipeline.pool.aclose()
         with contextlib.suppress(Exception):
             await self.nc.drain()
 
 
 async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: str) -> Node:
-    nc = await connect(nats_url, name=f"gatekeeper:{node_id}",
-                       timeout=config.nats.connect_timeout_s)
+    nc = await connect(
+        nats_url, name=f"gatekeeper:{node_id}", timeout=config.nats.connect_timeout_s
+    )
     js = nc.jetstream()
     for line in await ensure_streams(js, config.nats.replicas):
         log.debug("streams.provisioned", detail=line)
@@ -111,24 +118,65 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
     key = load_or_create_node_key(state_dir / "node.key")
     spool = AuditSpool(Path(config.audit.spool_dir) / node_id)
     chain = await _resume_chain(js, node_id, key, spool)
-    audit = AuditPublisher(nc, js, chain, spool, node_id=node_id,
-                           strict=config.audit.mode == "strict")
+    audit = AuditPublisher(
+        nc, js, chain, spool, node_id=node_id, strict=config.audit.mode == "strict"
+    )
     events = EventBus(nc, node_id)
     await events.publish_node_key(js, chain)
     audit.start()
     pool = ProviderPool(build_providers(config, catalog), hook=events)
-    router = LiveRouter(Matrix(catalog.models), catalog.chain,
-                        default_mode=config.routing.default_mode,
-                        quality_threshold=config.routing.quality_threshold)
+    router = LiveRouter(
+        Matrix(catalog.models),
+        catalog.chain,
+        default_mode=config.routing.default_mode,
+        quality_threshold=config.routing.quality_threshold,
+        unavailable=catalog.unavailable,
+    )
     ledger = BudgetLedger(node_id)
-    gossip = Gossip(nc, await js.key_value(BUDGET_BUCKET), ledger,
-                    interval_s=config.limits.gossip_interval_ms / 1000)
+    gossip = Gossip(
+        nc,
+        await js.key_value(BUDGET_BUCKET),
+        ledger,
+        interval_s=config.limits.gossip_interval_ms / 1000,
+    )
     await gossip.start()  # own slots are loaded before any traffic is admitted
-    admission = LedgerAdmission(ledger, default_max_tokens=config.limits.default_max_tokens,
-                                alerts=events, on_change=gossip.changed)
-    pipeline = Pipeline(config, build_verifier(config), router, admission, pool,
-                        _Auditor(audit, events))
-    return Node(node_id, config, nc, pipeline, audit, events, admission, gossip)
+    admission = LedgerAdmission(
+        ledger,
+        default_max_tokens=config.limits.default_max_tokens,
+        alerts=events,
+        on_change=gossip.changed,
+    )
+    verifier = build_verifier(config)
+    watcher = await _watch_config(js, config, catalog, verifier, router, set(pool.providers))
+    pipeline = Pipeline(config, verifier, router, admission, pool, _Auditor(audit, events))
+    return Node(node_id, config, nc, pipeline, audit, events, admission, gossip, router, watcher)
+
+
+async def _watch_config(
+    js: Any,
+    config: Config,
+    catalog: Catalog,
+    verifier: TokenVerifier,
+    router: LiveRouter,
+    providers: set[str],
+) -> ConfigWatcher:
+    """Seed BH_CONFIG's matrix from the YAML on first start, load it, then follow it."""
+    kv = await js.key_value(CONFIG_BUCKET)
+    seed = orjson.dumps({"models": [model_dict(m) for m in config.models]})
+    with contextlib.suppress(KeyWrongLastSequenceError, BadRequestError):
+        await kv.create(MATRIX_KEY, seed)
+    live = LiveConfig(
+        verifier.keyring,
+        verifier.revocations,
+        router.replace_matrix,
+        frozenset(providers),
+        extra_models=demo_models() if catalog.demo else (),
+        static_kids=frozenset(verifier.keyring),
+    )
+    watcher = ConfigWatcher(kv, live)
+    await watcher.load()
+    watcher.start()
+    return watcher
 
 
 class _Auditor:

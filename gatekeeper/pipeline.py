@@ -78,8 +78,13 @@ class Exchange:
 
 
 class Router(Protocol):
-    def route(self, req: ChatRequest, claims: Claims | None, mode_header: str | None,
-              open_breakers: frozenset[str]) -> RouteDecision: ...
+    def route(
+        self,
+        req: ChatRequest,
+        claims: Claims | None,
+        mode_header: str | None,
+        open_breakers: frozenset[str],
+    ) -> RouteDecision: ...
 
     def route_embedding(self, model: str) -> RouteDecision: ...
 
@@ -119,8 +124,11 @@ class Pipeline:
 
     def _check_model_allowed(self, claims: Claims, model: str) -> None:
         if not model_allowed(claims, model):
-            raise PermissionDenied(f"This API key may not use the model '{model}'",
-                                   param="model", code="model_not_allowed")
+            raise PermissionDenied(
+                f"This API key may not use the model '{model}'",
+                param="model",
+                code="model_not_allowed",
+            )
 
     async def _front(self, request: Request, ex: Exchange) -> ChatRequest:
         claims = self._authorize(ex, request)
@@ -128,8 +136,9 @@ class Pipeline:
         req = validate_chat(body)
         ex.requested_model, ex.stream = req.model, req.stream
         self._check_model_allowed(claims, req.model)
-        route = self.router.route(req, claims, request.headers.get("x-routing-mode"),
-                                  self.pool.open_breakers())
+        route = self.router.route(
+            req, claims, request.headers.get("x-routing-mode"), self.pool.open_breakers()
+        )
         if route.model.name != req.model:
             self._check_model_allowed(claims, route.model.name)
         ex.route = route

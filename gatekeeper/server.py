@@ -22,8 +22,13 @@ import structlog
 import uvicorn
 
 from gatekeeper.app import NodeIdentity, create_app
-from gatekeeper.auth.keyfiles import PUBLIC_KEY_FILE, SECRET_KEY_FILE, init_keys, \
-    load_secret_key, mint
+from gatekeeper.auth.keyfiles import (
+    PUBLIC_KEY_FILE,
+    SECRET_KEY_FILE,
+    init_keys,
+    load_secret_key,
+    mint,
+)
 from gatekeeper.bus.embedded import EmbeddedNats
 from gatekeeper.config import Config
 
@@ -63,17 +68,24 @@ def banner(config: Config, token: str | None, nats_url: str, demo: bool) -> str:
     if demo:
         lines.append("  Provider: built-in demo (no provider API key set; answers are canned)")
     if token:
-        lines += ["", "Dev token (valid 30 days, signed by the dev issuer in "
-                  f"{config.auth.dev_issuer_dir}):", f"  {token}", "",
-                  "Try it:", f"  curl {base}/chat/completions \\",
-                  f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\",
-                  f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", "
-                  "\"content\": \"Hello!\"}]}'",
-                  "", "Or with the OpenAI SDK:", "  from openai import OpenAI",
-                  f"  client = OpenAI(base_url=\"{base}\", api_key=\"<the dev token>\")",
-                  f"  reply = client.chat.completions.create(model=\"{model}\",",
-                  "      messages=[{\"role\": \"user\", \"content\": \"Hello!\"}])",
-                  "  print(reply.choices[0].message.content)"]
+        lines += [
+            "",
+            f"Dev token (valid 30 days, signed by the dev issuer in {config.auth.dev_issuer_dir}):",
+            f"  {token}",
+            "",
+            "Try it:",
+            f"  curl {base}/chat/completions \\",
+            f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\",
+            f'    -d \'{{"model": "{model}", "messages": [{{"role": "user", '
+            '"content": "Hello!"}]}\'',
+            "",
+            "Or with the OpenAI SDK:",
+            "  from openai import OpenAI",
+            f'  client = OpenAI(base_url="{base}", api_key="<the dev token>")',
+            f'  reply = client.chat.completions.create(model="{model}",',
+            '      messages=[{"role": "user", "content": "Hello!"}])',
+            "  print(reply.choices[0].message.content)",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -91,14 +103,20 @@ def run_worker(config: Config, nats_url: str, worker: int, *, reuse_port: bool) 
     identity = NodeIdentity(node_id_for(config, worker), nats_url)
     app = create_app(config, identity)
     ucfg = uvicorn.Config(
-        app, host=config.server.host, port=config.server.port, loop="uvloop",
-        http="httptools", lifespan="on", access_log=False, log_level="warning",
-        timeout_graceful_shutdown=int(config.server.shutdown_grace_s), backlog=2048,
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=int(config.server.shutdown_grace_s),
+        backlog=2048,
         timeout_keep_alive=30,
     )
     server = uvicorn.Server(ucfg)
-    sockets = [_reuse_port_socket(config.server.host, config.server.port)] if reuse_port \
-        else None
+    sockets = [_reuse_port_socket(config.server.host, config.server.port)] if reuse_port else None
     server.run(sockets=sockets)
     if server.started is False and not server.should_exit:
         sys.exit(3)

@@ -52,8 +52,9 @@ def _messages(body: dict[str, Any]) -> tuple[bool, bool]:
     """Checks ``messages``; returns (uses_vision, has_tool_messages)."""
     messages = body.get("messages")
     if messages is None:
-        raise _bad("you must provide a messages parameter", "messages",
-                   "missing_required_parameter")
+        raise _bad(
+            "you must provide a messages parameter", "messages", "missing_required_parameter"
+        )
     if not isinstance(messages, list) or not messages:
         raise _bad("messages must be a non-empty array", "messages", "invalid_type")
     vision = tools = False
@@ -62,18 +63,27 @@ def _messages(body: dict[str, Any]) -> tuple[bool, bool]:
             raise _bad(f"messages[{i}] must be an object", f"messages[{i}]", "invalid_type")
         role = msg.get("role")
         if role not in ROLES:
-            raise _bad(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}",
-                       f"messages[{i}].role")
+            raise _bad(
+                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}",
+                f"messages[{i}].role",
+            )
         content = msg.get("content")
         if isinstance(content, list):
-            vision = vision or any(isinstance(p, dict) and p.get("type") == "image_url"
-                                   for p in content)
+            vision = vision or any(
+                isinstance(p, dict) and p.get("type") == "image_url" for p in content
+            )
         elif content is not None and not isinstance(content, str):
-            raise _bad(f"messages[{i}].content must be a string or an array of parts",
-                       f"messages[{i}].content", "invalid_type")
+            raise _bad(
+                f"messages[{i}].content must be a string or an array of parts",
+                f"messages[{i}].content",
+                "invalid_type",
+            )
         elif content is None and role in ("user", "system", "developer"):
-            raise _bad(f"messages[{i}].content is required", f"messages[{i}].content",
-                       "missing_required_parameter")
+            raise _bad(
+                f"messages[{i}].content is required",
+                f"messages[{i}].content",
+                "missing_required_parameter",
+            )
         tools = tools or role == "tool" or bool(msg.get("tool_calls"))
     return vision, tools
 
@@ -98,8 +108,9 @@ def validate_chat(body: dict[str, Any]) -> ChatRequest:
         raise _bad("tools must be an array", "tools", "invalid_type")
     fmt = body.get("response_format")
     wants_json = isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
-    return ChatRequest(body, model, stream, include_usage, max_tokens,
-                       bool(tools) or tool_msgs, vision, wants_json)
+    return ChatRequest(
+        body, model, stream, include_usage, max_tokens, bool(tools) or tool_msgs, vision, wants_json
+    )
 
 
 def validate_embeddings(body: dict[str, Any]) -> str:
@@ -108,11 +119,19 @@ def validate_embeddings(body: dict[str, Any]) -> str:
     if inp is None:
         raise _bad("you must provide an input parameter", "input", "missing_required_parameter")
     ok = (isinstance(inp, str) and inp != "") or (
-        isinstance(inp, list) and inp and all(
-            (isinstance(x, str) and x != "") or (isinstance(x, int) and not isinstance(x, bool))
+        isinstance(inp, list)
+        and inp
+        and all(
+            (isinstance(x, str) and x != "")
+            or (isinstance(x, int) and not isinstance(x, bool))
             or (isinstance(x, list) and x and all(isinstance(t, int) for t in x))
-            for x in inp))
+            for x in inp
+        )
+    )
     if not ok:
-        raise _bad("input must be a non-empty string, array of strings, or array of token "
-                   "arrays", "input", "invalid_type")
+        raise _bad(
+            "input must be a non-empty string, array of strings, or array of token arrays",
+            "input",
+            "invalid_type",
+        )
     return model

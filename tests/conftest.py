@@ -33,8 +33,16 @@ def nats_cluster(tmp_path: Path) -> Iterator[list[EmbeddedNats]]:
     """Three clustered nats-servers with JetStream (R3 streams are possible)."""
     cports = [free_port() for _ in range(3)]
     routes = [f"nats://127.0.0.1:{p}" for p in cports]
-    servers = [EmbeddedNats(tmp_path / f"n{i}", name=f"n{i}", cluster_name="gk-test",
-                            cluster_port=cports[i], routes=routes) for i in range(3)]
+    servers = [
+        EmbeddedNats(
+            tmp_path / f"n{i}",
+            name=f"n{i}",
+            cluster_name="gk-test",
+            cluster_port=cports[i],
+            routes=routes,
+        )
+        for i in range(3)
+    ]
     for s in servers:
         s.start()
     yield servers
@@ -54,22 +62,39 @@ def fake_openai() -> Iterator[FakeOpenAI]:
 
 
 def openai_provider(name: str, fake: FakeOpenAI, **over: Any) -> dict[str, Any]:
-    return {"name": name, "kind": "openai", "base_url": fake.url, "api_key": fake.api_key,
-            "timeouts": {"connect_s": 2, "first_byte_s": 5, "total_s": 30}, **over}
+    return {
+        "name": name,
+        "kind": "openai",
+        "base_url": fake.url,
+        "api_key": fake.api_key,
+        "timeouts": {"connect_s": 2, "first_byte_s": 5, "total_s": 30},
+        **over,
+    }
 
 
 @pytest.fixture
-def start_gateway(tmp_path: Path, nats_server: EmbeddedNats,
-                  issuer: Issuer) -> Iterator[Callable[..., GatewayProcess]]:
+def start_gateway(
+    tmp_path: Path, nats_server: EmbeddedNats, issuer: Issuer
+) -> Iterator[Callable[..., GatewayProcess]]:
     """Start gateway processes: ``start_gateway(providers=…, models=…, **config)``."""
     started: list[GatewayProcess] = []
 
-    def start(providers: list[dict[str, Any]], models: list[dict[str, Any]],
-              workers: int = 1, env: dict[str, str] | None = None,
-              nats_url: str | None = None, **extra: Any) -> GatewayProcess:
+    def start(
+        providers: list[dict[str, Any]],
+        models: list[dict[str, Any]],
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        nats_url: str | None = None,
+        **extra: Any,
+    ) -> GatewayProcess:
         cfg = base_config(providers, models, issuer, tmp_path / "state", **extra)
-        gw = GatewayProcess(cfg, tmp_path / f"gw{len(started)}", nats_url or nats_server.url,
-                            workers=workers, env=env or {})
+        gw = GatewayProcess(
+            cfg,
+            tmp_path / f"gw{len(started)}",
+            nats_url or nats_server.url,
+            workers=workers,
+            env=env or {},
+        )
         started.append(gw)
         return gw.start()
 
@@ -79,11 +104,14 @@ def start_gateway(tmp_path: Path, nats_server: EmbeddedNats,
 
 
 @pytest.fixture
-def gateway(start_gateway: Callable[..., GatewayProcess],
-            fake_openai: FakeOpenAI) -> GatewayProcess:
+def gateway(
+    start_gateway: Callable[..., GatewayProcess], fake_openai: FakeOpenAI
+) -> GatewayProcess:
     """One gateway in front of one fake OpenAI provider."""
     return start_gateway(
         providers=[openai_provider("openai", fake_openai)],
-        models=[chat_model("gpt-4o-mini", "openai"),
-                embedding_model("text-embedding-3-small", "openai")],
+        models=[
+            chat_model("gpt-4o-mini", "openai"),
+            embedding_model("text-embedding-3-small", "openai"),
+        ],
     )

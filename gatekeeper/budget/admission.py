@@ -151,9 +151,14 @@ class LedgerAdmission:
     def usage(self, claims: Claims) -> dict[str, dict[str, int]]:
         """This node's merged view of a key's counters (for ``GET /v1/gatekeeper/usage``)."""
         ids, limits = plan_counters(claims, self.clock())
-        return {kind: {"used": self.ledger.value(cid) - self.ledger.held(cid),
-                       "in_flight": self.ledger.held(cid), "limit": limits[cid]}
-                for kind, cid in ids.items()}
+        return {
+            kind: {
+                "used": self.ledger.value(cid) - self.ledger.held(cid),
+                "in_flight": self.ledger.held(cid),
+                "limit": limits[cid],
+            }
+            for kind, cid in ids.items()
+        }
 
     def headers(self, ex: Exchange) -> dict[str, str]:
         ticket = ex.ticket

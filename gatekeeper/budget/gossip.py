@@ -41,8 +41,9 @@ def split_key(key: str) -> tuple[str, str] | None:
 
 
 class Gossip:
-    def __init__(self, nc: Client, kv: KeyValue, ledger: BudgetLedger, *,
-                 interval_s: float = 0.2) -> None:
+    def __init__(
+        self, nc: Client, kv: KeyValue, ledger: BudgetLedger, *, interval_s: float = 0.2
+    ) -> None:
         self.nc, self.kv, self.ledger = nc, kv, ledger
         self.node_id = ledger.node_id
         self.interval_s = interval_s
@@ -74,8 +75,10 @@ class Gossip:
         loaded = await self.load_own()
         self.ledger.own_dirty()  # what we just loaded is already in the bucket
         log.info("gossip.loaded_own", slots=loaded, node_id=self.node_id)
-        self._tasks = [asyncio.ensure_future(self._watch_forever()),
-                       asyncio.ensure_future(self._put_forever())]
+        self._tasks = [
+            asyncio.ensure_future(self._watch_forever()),
+            asyncio.ensure_future(self._put_forever()),
+        ]
 
     async def stop(self) -> None:
         with contextlib.suppress(NatsError, TimeoutError, OSError):

@@ -21,8 +21,13 @@ def version_ok(version: tuple[int, int, int]) -> bool:
     return version >= MIN_NATS_VERSION
 
 
-async def connect(url: str, *, name: str, timeout: float = 5.0,
-                  on_state: Callable[[str], Awaitable[None]] | None = None) -> Client:
+async def connect(
+    url: str,
+    *,
+    name: str,
+    timeout: float = 5.0,
+    on_state: Callable[[str], Awaitable[None]] | None = None,
+) -> Client:
     """Connect (reconnecting forever afterwards) and verify version and JetStream."""
 
     async def disconnected() -> None:
@@ -39,14 +44,22 @@ async def connect(url: str, *, name: str, timeout: float = 5.0,
     servers = [u.strip() for u in url.split(",")]
     try:
         nc = await nats.connect(
-            servers=servers, name=name, connect_timeout=timeout, allow_reconnect=True,
-            max_reconnect_attempts=-1, reconnect_time_wait=0.25, ping_interval=5,
-            max_outstanding_pings=3, disconnected_cb=disconnected,
-            reconnected_cb=reconnected, error_cb=error,
+            servers=servers,
+            name=name,
+            connect_timeout=timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            ping_interval=5,
+            max_outstanding_pings=3,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
         )
     except (NatsError, OSError, TimeoutError) as exc:
-        raise NatsUnavailable(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") \
-            from None
+        raise NatsUnavailable(
+            f"cannot connect to NATS at {url}: {exc or type(exc).__name__}"
+        ) from None
     sv = nc.connected_server_version
     found = (sv.major, sv.minor, sv.patch)
     if not version_ok(found):
@@ -57,6 +70,8 @@ async def connect(url: str, *, name: str, timeout: float = 5.0,
         await nc.jetstream().account_info()
     except NatsError as exc:
         await nc.close()
-        raise NatsUnavailable(f"JetStream is not enabled on the NATS server at {url} "
-                              f"(start nats-server with -js): {exc}") from None
+        raise NatsUnavailable(
+            f"JetStream is not enabled on the NATS server at {url} "
+            f"(start nats-server with -js): {exc}"
+        ) from None
     return nc

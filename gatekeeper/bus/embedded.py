@@ -42,8 +42,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float,
-               log: Path) -> None:
+def _wait_port(
+    host: str, port: int, proc: subprocess.Popen[bytes], timeout: float, log: Path
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -79,11 +80,27 @@ class EmbeddedNats:
         return self.store_dir / f"{self.name}.log"
 
     def command(self) -> list[str]:
-        cmd = [find_nats_server(), "-a", self.host, "-p", str(self.port), "-js",
-               "-sd", str(self.store_dir), "-n", self.name, "-l", str(self.log_path)]
+        cmd = [
+            find_nats_server(),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.store_dir),
+            "-n",
+            self.name,
+            "-l",
+            str(self.log_path),
+        ]
         if self.cluster_name and self.cluster_port:
-            cmd += ["--cluster_name", self.cluster_name,
-                    "--cluster", f"nats://{self.host}:{self.cluster_port}"]
+            cmd += [
+                "--cluster_name",
+                self.cluster_name,
+                "--cluster",
+                f"nats://{self.host}:{self.cluster_port}",
+            ]
             if self.routes:
                 cmd += ["--routes", ",".join(self.routes)]
         return cmd
@@ -93,8 +110,11 @@ class EmbeddedNats:
         if not self.port:
             self.port = free_port(self.host)
         self.proc = subprocess.Popen(
-            self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         _wait_port(self.host, self.port, self.proc, timeout, self.log_path)
         return self.url

@@ -33,15 +33,15 @@ class EventBus:
         self.failovers = 0
         self._pending: set[asyncio.Task[None]] = set()
 
-    def _emit(self, subject: str, payload: dict[str, Any],
-              msg_id: str | None = None) -> None:
+    def _emit(self, subject: str, payload: dict[str, Any], msg_id: str | None = None) -> None:
         if not self.nc.is_connected:
             return
         payload.setdefault("ts", round(time.time(), 3))
         payload.setdefault("node_id", self.node_id)
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        task = asyncio.ensure_future(self.nc.publish(subject, orjson.dumps(payload),
-                                                     headers=headers))
+        task = asyncio.ensure_future(
+            self.nc.publish(subject, orjson.dumps(payload), headers=headers)
+        )
         self._pending.add(task)
         task.add_done_callback(self._done)
 
@@ -56,8 +56,15 @@ class EventBus:
         route = ex.route
         if route is None or not route.event:
             return
-        self._emit("bh.events.route", {"type": "route", "request_id": ex.request_id,
-                                        "requested_model": ex.requested_model, **route.event})
+        self._emit(
+            "bh.events.route",
+            {
+                "type": "route",
+                "request_id": ex.request_id,
+                "requested_model": ex.requested_model,
+                **route.event,
+            },
+        )
 
     # -------------------------------------------------------------- pool hook
 
@@ -66,24 +73,44 @@ class EventBus:
 
     def failover(self, request_id: str, failed: Attempt, next_model: ModelSpec) -> None:
         self.failovers += 1
-        self._emit("bh.events.failover", {
-            "type": "failover", "request_id": request_id, "from_provider": failed.provider,
-            "from_model": failed.model, "status": failed.status, "error": failed.error,
-            "to_provider": next_model.provider, "to_model": next_model.name})
+        self._emit(
+            "bh.events.failover",
+            {
+                "type": "failover",
+                "request_id": request_id,
+                "from_provider": failed.provider,
+                "from_model": failed.model,
+                "status": failed.status,
+                "error": failed.error,
+                "to_provider": next_model.provider,
+                "to_model": next_model.name,
+            },
+        )
 
     def breaker_changed(self, provider: str, state: str) -> None:
-        self._emit(f"bh.events.breaker.{subject_token(provider)}",
-                   {"type": "breaker", "provider": provider, "state": state})
+        self._emit(
+            f"bh.events.breaker.{subject_token(provider)}",
+            {"type": "breaker", "provider": provider, "state": state},
+        )
 
     # -------------------------------------------------------------- alerts
 
-    def budget_alert(self, key_id: str, counter: str, threshold: float, value: int,
-                     limit: int) -> None:
+    def budget_alert(
+        self, key_id: str, counter: str, threshold: float, value: int, limit: int
+    ) -> None:
         pct = int(threshold * 100)
-        self._emit(f"bh.alerts.budget.{subject_token(key_id)}", {
-            "type": "budget_threshold", "key_id": key_id, "counter": counter,
-            "threshold_pct": pct, "value": value, "limit": limit},
-            msg_id=f"budget:{counter}:{pct}")
+        self._emit(
+            f"bh.alerts.budget.{subject_token(key_id)}",
+            {
+                "type": "budget_threshold",
+                "key_id": key_id,
+                "counter": counter,
+                "threshold_pct": pct,
+                "value": value,
+                "limit": limit,
+            },
+            msg_id=f"budget:{counter}:{pct}",
+        )
 
     def alert(self, kind: str, payload: dict[str, Any], msg_id: str | None = None) -> None:
         self._emit(f"bh.alerts.{subject_token(kind)}", {"type": kind, **payload}, msg_id)

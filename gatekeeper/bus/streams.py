@@ -26,7 +26,12 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 DAY = 86_400.0
 AUDIT, EVENTS, HEALTH, ALERTS, SESSIONS = (
-    "BH_AUDIT", "BH_EVENTS", "BH_HEALTH", "BH_ALERTS", "BH_SESSIONS")
+    "BH_AUDIT",
+    "BH_EVENTS",
+    "BH_HEALTH",
+    "BH_ALERTS",
+    "BH_SESSIONS",
+)
 CONFIG_BUCKET, BUDGET_BUCKET = "BH_CONFIG", "BH_BUDGET"
 
 _TOKEN_RE = re.compile(r"[^A-Za-z0-9_-]")
@@ -58,30 +63,70 @@ def desired_streams(replicas: int, keep: Retention = Retention()) -> list[api.St
     file = api.StorageType.FILE
 
     def cfg(name: str, subjects: list[str], days: float, **kw: object) -> api.StreamConfig:
-        return api.StreamConfig(name=name, subjects=subjects, storage=file,
-                                num_replicas=replicas, max_age=days * DAY if days else None,
-                                **kw)  # type: ignore[arg-type]
+        return api.StreamConfig(
+            name=name,
+            subjects=subjects,
+            storage=file,
+            num_replicas=replicas,
+            max_age=days * DAY if days else None,
+            **kw,
+        )  # type: ignore[arg-type]
 
     return [
-        cfg(AUDIT, ["bh.audit.>"], keep.audit_days, deny_delete=True, deny_purge=True,
-            allow_rollup_hdrs=False, duplicate_window=120.0,
-            description="Gatekeeper audit trail: one signed, chained record per request"),
-        cfg(EVENTS, ["bh.events.>"], keep.events_days, duplicate_window=120.0,
-            description="Routing decisions, failovers, circuit breaker changes"),
-        cfg(HEALTH, ["bh.health.>"], keep.health_days, duplicate_window=60.0,
-            description="Provider latency and error-rate time series"),
-        cfg(ALERTS, ["bh.alerts.>"], keep.alerts_days, duplicate_window=3600.0,
-            description="Budget thresholds and SLA breaches (deduplicated by Nats-Msg-Id)"),
-        cfg(SESSIONS, ["bh.sessions.>"], keep.sessions_days, max_msgs_per_subject=1,
-            duplicate_window=60.0, description="Per API key session state, latest per key"),
+        cfg(
+            AUDIT,
+            ["bh.audit.>"],
+            keep.audit_days,
+            deny_delete=True,
+            deny_purge=True,
+            allow_rollup_hdrs=False,
+            duplicate_window=120.0,
+            description="Gatekeeper audit trail: one signed, chained record per request",
+        ),
+        cfg(
+            EVENTS,
+            ["bh.events.>"],
+            keep.events_days,
+            duplicate_window=120.0,
+            description="Routing decisions, failovers, circuit breaker changes",
+        ),
+        cfg(
+            HEALTH,
+            ["bh.health.>"],
+            keep.health_days,
+            duplicate_window=60.0,
+            description="Provider latency and error-rate time series",
+        ),
+        cfg(
+            ALERTS,
+            ["bh.alerts.>"],
+            keep.alerts_days,
+            duplicate_window=3600.0,
+            description="Budget thresholds and SLA breaches (deduplicated by Nats-Msg-Id)",
+        ),
+        cfg(
+            SESSIONS,
+            ["bh.sessions.>"],
+            keep.sessions_days,
+            max_msgs_per_subject=1,
+            duplicate_window=60.0,
+            description="Per API key session state, latest per key",
+        ),
     ]
 
 
 def differences(have: api.StreamConfig, want: api.StreamConfig) -> list[str]:
     """What in ``have`` is incompatible with ``want`` (pure)."""
     out = []
-    checks = ("subjects", "storage", "num_replicas", "deny_delete", "deny_purge",
-              "allow_rollup_hdrs", "max_msgs_per_subject")
+    checks = (
+        "subjects",
+        "storage",
+        "num_replicas",
+        "deny_delete",
+        "deny_purge",
+        "allow_rollup_hdrs",
+        "max_msgs_per_subject",
+    )
     for name in checks:
         h, w = getattr(have, name), getattr(want, name)
         if name == "subjects":
@@ -89,13 +134,15 @@ def differences(have: api.StreamConfig, want: api.StreamConfig) -> list[str]:
         if h != w:
             out.append(f"{name}: is {h!r}, needs {w!r}")
     if (have.duplicate_window or 0) < (want.duplicate_window or 0):
-        out.append(f"duplicate_window: is {have.duplicate_window}s, needs >= "
-                   f"{want.duplicate_window}s")
+        out.append(
+            f"duplicate_window: is {have.duplicate_window}s, needs >= {want.duplicate_window}s"
+        )
     return out
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int = 1,
-                         keep: Retention = Retention()) -> list[str]:
+async def ensure_streams(
+    js: JetStreamContext, replicas: int = 1, keep: Retention = Retention()
+) -> list[str]:
     """Create missing streams; fail on incompatible ones. Returns a line per stream."""
     report = []
     for want in desired_streams(replicas, keep):
@@ -106,22 +153,26 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1,
             try:
                 await js.add_stream(want)
             except BadRequestError as exc:
-                raise StreamMismatch(f"cannot create stream {want.name}: {exc.description}") \
-                    from None
+                raise StreamMismatch(
+                    f"cannot create stream {want.name}: {exc.description}"
+                ) from None
             report.append(f"{want.name}: created")
             continue
         diff = differences(have, want)
         if diff:
-            raise StreamMismatch(f"stream {want.name} exists with an incompatible config: "
-                                 + "; ".join(diff))
+            raise StreamMismatch(
+                f"stream {want.name} exists with an incompatible config: " + "; ".join(diff)
+            )
         report.append(f"{want.name}: ok")
     for bucket, history in ((CONFIG_BUCKET, 5), (BUDGET_BUCKET, 1)):
         try:
             await js.key_value(bucket)
             report.append(f"KV {bucket}: ok")
         except (NotFoundError, BadRequestError):
-            await js.create_key_value(api.KeyValueConfig(
-                bucket=bucket, history=history, storage=api.StorageType.FILE,
-                replicas=replicas))
+            await js.create_key_value(
+                api.KeyValueConfig(
+                    bucket=bucket, history=history, storage=api.StorageType.FILE, replicas=replicas
+                )
+            )
             report.append(f"KV {bucket}: created")
     return report

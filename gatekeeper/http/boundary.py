@@ -30,8 +30,13 @@ def endpoint(fn: Endpoint) -> Callable[[Request], Awaitable[Response]]:
             return await fn(request, rid, started)
         except GatewayError as err:
             if err.status >= 500:
-                log.warning("request.failed", request_id=rid, status=err.status,
-                            code=err.code, error=err.message)
+                log.warning(
+                    "request.failed",
+                    request_id=rid,
+                    status=err.status,
+                    code=err.code,
+                    error=err.message,
+                )
             return error_response(err, rid)
         except Exception:  # the one place a bug is caught: logged, answered, not leaked
             log.exception("request.bug", request_id=rid, path=request.url.path)

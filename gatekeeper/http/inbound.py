@@ -26,7 +26,8 @@ def check_content_type(value: str | None) -> None:
     if media != "application/json":
         shown = media or "none"
         raise UnsupportedMediaType(
-            f"Content-Type must be application/json (got {shown})", param="Content-Type")
+            f"Content-Type must be application/json (got {shown})", param="Content-Type"
+        )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -45,8 +46,7 @@ async def read_body(request: Request, limit: int) -> bytes:
                 raise PayloadTooLarge(f"Request body is over the {limit}-byte limit")
             chunks.append(chunk)
     except ClientDisconnect:
-        raise InvalidRequest("The client closed the connection before sending the body") \
-            from None
+        raise InvalidRequest("The client closed the connection before sending the body") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

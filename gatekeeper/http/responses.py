@@ -18,8 +18,9 @@ def json_response(body: bytes, headers: Mapping[str, str], status: int = 200) ->
     return Response(body, status_code=status, headers=headers, media_type=JSON)
 
 
-def error_response(err: GatewayError, request_id: str,
-                   extra: Mapping[str, str] | None = None) -> Response:
+def error_response(
+    err: GatewayError, request_id: str, extra: Mapping[str, str] | None = None
+) -> Response:
     headers = {"x-request-id": request_id, **err.headers, **(extra or {})}
     return Response(error_json(err), status_code=err.status, headers=headers, media_type=JSON)
 
@@ -37,8 +38,11 @@ class SSEResponse:
 
     def __init__(self, pump: Pump, headers: Mapping[str, str]) -> None:
         self.pump = pump
-        self.headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
-                        (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        self.headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
         self.headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

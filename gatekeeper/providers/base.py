@@ -69,8 +69,9 @@ class ReplyStream:
 
     __slots__ = ("_close", "first", "rest", "state")
 
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes], state: StreamState,
-                 close: Any) -> None:
+    def __init__(
+        self, first: bytes, rest: AsyncIterator[bytes], state: StreamState, close: Any
+    ) -> None:
         self.first = first
         self.rest = rest
         self.state = state

@@ -28,15 +28,30 @@ def demo_models() -> tuple[ModelSpec, ...]:
 
     return parse_models(
         [
-            {"name": DEMO_MODEL, "provider": DEMO_PROVIDER, "upstream": DEMO_MODEL,
-             "kind": "chat", "input_per_1k": 0, "output_per_1k": 0,
-             "context_window": 32768, "max_output_tokens": 4096,
-             "capabilities": ["streaming", "json", "tools"],
-             "quality": {"simple": 0.1, "general": 0.1}},
-            {"name": "gatekeeper-demo-embedding", "provider": DEMO_PROVIDER,
-             "upstream": "gatekeeper-demo-embedding", "kind": "embedding",
-             "input_per_1k": 0, "output_per_1k": 0, "context_window": 8192,
-             "max_output_tokens": 0, "capabilities": [], "quality": {}},
+            {
+                "name": DEMO_MODEL,
+                "provider": DEMO_PROVIDER,
+                "upstream": DEMO_MODEL,
+                "kind": "chat",
+                "input_per_1k": 0,
+                "output_per_1k": 0,
+                "context_window": 32768,
+                "max_output_tokens": 4096,
+                "capabilities": ["streaming", "json", "tools"],
+                "quality": {"simple": 0.1, "general": 0.1},
+            },
+            {
+                "name": "gatekeeper-demo-embedding",
+                "provider": DEMO_PROVIDER,
+                "upstream": "gatekeeper-demo-embedding",
+                "kind": "embedding",
+                "input_per_1k": 0,
+                "output_per_1k": 0,
+                "context_window": 8192,
+                "max_output_tokens": 0,
+                "capabilities": [],
+                "quality": {},
+            },
         ],
         "demo",
     )
@@ -57,9 +72,11 @@ def answer_text(body: dict[str, Any]) -> str:
     said = _last_user_text(body).strip().replace("\n", " ")
     if len(said) > 200:
         said = said[:200] + "…"
-    return (f"This is Gatekeeper's demo provider (no real model was called). "
-            f"You said: \"{said}\". Set OPENAI_API_KEY (or another provider key) "
-            f"to route to a real model.")
+    return (
+        f"This is Gatekeeper's demo provider (no real model was called). "
+        f'You said: "{said}". Set OPENAI_API_KEY (or another provider key) '
+        f"to route to a real model."
+    )
 
 
 def _tokens(text: str) -> int:
@@ -81,13 +98,23 @@ class DemoProvider:
         text = answer_text(call.body)
         usage = self._usage(call, text)
         body = {
-            "id": f"chatcmpl-{call.request_id}", "object": "chat.completion",
-            "created": int(time.time()), "model": DEMO_LABEL,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop", "logprobs": None}],
-            "usage": {"prompt_tokens": usage.prompt_tokens,
-                      "completion_tokens": usage.completion_tokens,
-                      "total_tokens": usage.total_tokens},
+            "id": f"chatcmpl-{call.request_id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": DEMO_LABEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
         }
         return Reply(orjson.dumps(body), usage)
 
@@ -95,8 +122,12 @@ class DemoProvider:
         text = answer_text(call.body)
         usage = self._usage(call, text)
         state = StreamState()
-        base = {"id": f"chatcmpl-{call.request_id}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": DEMO_LABEL}
+        base = {
+            "id": f"chatcmpl-{call.request_id}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": DEMO_LABEL,
+        }
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
             obj = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -111,10 +142,21 @@ class DemoProvider:
             yield chunk({}, "stop")
             state.usage = usage
             if call.include_usage:
-                yield b"data: " + orjson.dumps({**base, "choices": [], "usage": {
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "total_tokens": usage.total_tokens}}) + b"\n\n"
+                yield (
+                    b"data: "
+                    + orjson.dumps(
+                        {
+                            **base,
+                            "choices": [],
+                            "usage": {
+                                "prompt_tokens": usage.prompt_tokens,
+                                "completion_tokens": usage.completion_tokens,
+                                "total_tokens": usage.total_tokens,
+                            },
+                        }
+                    )
+                    + b"\n\n"
+                )
             state.completed = True
 
         async def close() -> None:
@@ -131,8 +173,12 @@ class DemoProvider:
             vec = [round((b - 127.5) / 127.5, 6) for b in digest[:16]]
             data.append({"object": "embedding", "index": i, "embedding": vec})
         prompt = sum(_tokens(str(x)) for x in items)
-        body = {"object": "list", "data": data, "model": DEMO_LABEL,
-                "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
+        body = {
+            "object": "list",
+            "data": data,
+            "model": DEMO_LABEL,
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        }
         return Reply(orjson.dumps(body), Usage(prompt, 0))
 
     async def aclose(self) -> None:

@@ -38,8 +38,12 @@ class Attempt:
     ms: float
 
 
-def next_backoff(attempt: int, retry_after: float | None, policy: FailoverPolicy = DEFAULT_POLICY,
-                 rand: float | None = None) -> float:
+def next_backoff(
+    attempt: int,
+    retry_after: float | None,
+    policy: FailoverPolicy = DEFAULT_POLICY,
+    rand: float | None = None,
+) -> float:
     """Exponential backoff with full jitter; an upstream's Retry-After wins, up to a cap."""
     if retry_after is not None:
         return min(retry_after, policy.retry_after_cap_s)
@@ -47,9 +51,12 @@ def next_backoff(attempt: int, retry_after: float | None, policy: FailoverPolicy
     return ceiling * (random.random() if rand is None else rand)
 
 
-def plan_attempts(primary: ModelSpec, fallbacks: Sequence[ModelSpec],
-                  chain: Sequence[str], policy: FailoverPolicy = DEFAULT_POLICY
-                  ) -> tuple[ModelSpec, ...]:
+def plan_attempts(
+    primary: ModelSpec,
+    fallbacks: Sequence[ModelSpec],
+    chain: Sequence[str],
+    policy: FailoverPolicy = DEFAULT_POLICY,
+) -> tuple[ModelSpec, ...]:
     """The ordered models to try: the primary, then one fallback per provider in chain order.
 
     With no other provider available the primary is retried ``same_provider_retries``
@@ -70,8 +77,11 @@ def plan_attempts(primary: ModelSpec, fallbacks: Sequence[ModelSpec],
 def final_error(errors: Sequence[ProviderError], attempts: Sequence[Attempt]) -> ProviderError:
     """What the client gets when every attempt failed: names what was tried."""
     reasons = [e.message for e in errors]
-    reasons += [f"{a.provider}: {a.error}" for a in attempts if a.status is None and
-                a.error == "breaker open"]
+    reasons += [
+        f"{a.provider}: {a.error}"
+        for a in attempts
+        if a.status is None and a.error == "breaker open"
+    ]
     message = "All upstream attempts failed: " + "; ".join(reasons)
     retry_after = max((e.retry_after or 0.0 for e in errors), default=0.0) or None
     if errors and all(isinstance(e, ProviderTimeout) for e in errors):

@@ -24,15 +24,21 @@ from gatekeeper.errors import (
 
 def make_session(cfg: ProviderConfig) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(
-        limit=cfg.pool_size, limit_per_host=cfg.pool_size, keepalive_timeout=60,
-        ttl_dns_cache=300, enable_cleanup_closed=False,
+        limit=cfg.pool_size,
+        limit_per_host=cfg.pool_size,
+        keepalive_timeout=60,
+        ttl_dns_cache=300,
+        enable_cleanup_closed=False,
     )
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=cfg.timeouts.connect_s, sock_read=cfg.timeouts.first_byte_s
     )
     return aiohttp.ClientSession(
-        connector=connector, timeout=timeout, auto_decompress=True,
-        skip_auto_headers=("User-Agent",), raise_for_status=False,
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
+        raise_for_status=False,
     )
 
 
@@ -44,19 +50,26 @@ def mapped_errors(provider: str, *, streaming: bool = False) -> Iterator[None]:
     except ProviderError:
         raise
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise ProviderTimeout(f"{provider}: timed out waiting for the upstream",
-                              provider=provider) from exc
+        raise ProviderTimeout(
+            f"{provider}: timed out waiting for the upstream", provider=provider
+        ) from exc
     except aiohttp.ClientConnectorError as exc:
-        raise ProviderUnavailable(f"{provider}: cannot connect to the upstream ({exc.strerror})",
-                                  provider=provider) from exc
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
-            aiohttp.ClientOSError) as exc:
+        raise ProviderUnavailable(
+            f"{provider}: cannot connect to the upstream ({exc.strerror})", provider=provider
+        ) from exc
+    except (
+        aiohttp.ClientPayloadError,
+        aiohttp.ServerDisconnectedError,
+        aiohttp.ClientOSError,
+    ) as exc:
         cls = StreamInterrupted if streaming else ProviderError
-        raise cls(f"{provider}: the upstream closed the connection early",
-                  provider=provider) from exc
+        raise cls(
+            f"{provider}: the upstream closed the connection early", provider=provider
+        ) from exc
     except aiohttp.ClientError as exc:
-        raise ProviderError(f"{provider}: upstream HTTP error ({type(exc).__name__})",
-                            provider=provider) from exc
+        raise ProviderError(
+            f"{provider}: upstream HTTP error ({type(exc).__name__})", provider=provider
+        ) from exc
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -69,26 +82,41 @@ def parse_retry_after(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def status_error(provider: str, status: int, reason: str, retry_after: str | None,
-                 *, code: str | None = None, param: str | None = None) -> ProviderError:
+def status_error(
+    provider: str,
+    status: int,
+    reason: str,
+    retry_after: str | None,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+) -> ProviderError:
     """The error for an upstream non-2xx status. ``reason`` is the upstream's message."""
     ra = parse_retry_after(retry_after)
     msg = f"{provider} returned {status}: {reason}"
     if status == 429:
-        return ProviderUnavailable(msg, provider=provider, upstream_status=status,
-                                   retry_after=ra, code="upstream_rate_limited")
+        return ProviderUnavailable(
+            msg,
+            provider=provider,
+            upstream_status=status,
+            retry_after=ra,
+            code="upstream_rate_limited",
+        )
     if status in (401, 403):
-        return ProviderError(f"{provider} rejected the gateway's credentials ({status})",
-                             provider=provider, upstream_status=status,
-                             code="upstream_auth_failed")
+        return ProviderError(
+            f"{provider} rejected the gateway's credentials ({status})",
+            provider=provider,
+            upstream_status=status,
+            code="upstream_auth_failed",
+        )
     if status == 408:
         return ProviderTimeout(msg, provider=provider, upstream_status=status)
     if 400 <= status < 500:
-        return ProviderRejected(msg, provider=provider, upstream_status=status,
-                                param=param, code=code)
+        return ProviderRejected(
+            msg, provider=provider, upstream_status=status, param=param, code=code
+        )
     if status in (503, 529):
-        return ProviderUnavailable(msg, provider=provider, upstream_status=status,
-                                   retry_after=ra)
+        return ProviderUnavailable(msg, provider=provider, upstream_status=status, retry_after=ra)
     if status == 504:
         return ProviderTimeout(msg, provider=provider, upstream_status=status)
     return ProviderError(msg, provider=provider, upstream_status=status, retry_after=ra)

@@ -56,8 +56,14 @@ class OpenAIProvider:
             raw = await resp.read()
             resp.release()
             reason, code, param = _error_reason(raw)
-            raise status_error(self.name, resp.status, reason, resp.headers.get("retry-after"),
-                               code=code, param=param)
+            raise status_error(
+                self.name,
+                resp.status,
+                reason,
+                resp.headers.get("retry-after"),
+                code=code,
+                param=param,
+            )
         return resp
 
     async def _unary(self, url: str, call: Call) -> Reply:
@@ -68,8 +74,9 @@ class OpenAIProvider:
         try:
             usage = Usage.from_openai(orjson.loads(raw).get("usage"))
         except (orjson.JSONDecodeError, AttributeError):
-            raise ProviderError(f"{self.name}: the upstream sent a body that is not JSON",
-                                provider=self.name) from None
+            raise ProviderError(
+                f"{self.name}: the upstream sent a body that is not JSON", provider=self.name
+            ) from None
         return Reply(raw, usage or Usage())
 
     async def chat(self, call: Call) -> Reply:
@@ -95,14 +102,16 @@ class OpenAIProvider:
             while True:
                 data = await resp.content.readany()
                 if not data:
-                    raise StreamInterrupted(f"{self.name}: stream ended before any chunk",
-                                            provider=self.name)
+                    raise StreamInterrupted(
+                        f"{self.name}: stream ended before any chunk", provider=self.name
+                    )
                 out = filt.feed(data)
                 if out or filt.state.completed:
                     return out
 
-    async def _rest(self, resp: aiohttp.ClientResponse,
-                    filt: OpenAIStreamFilter) -> AsyncIterator[bytes]:
+    async def _rest(
+        self, resp: aiohttp.ClientResponse, filt: OpenAIStreamFilter
+    ) -> AsyncIterator[bytes]:
         try:
             with mapped_errors(self.name, streaming=True):
                 while not filt.state.completed:
@@ -113,8 +122,9 @@ class OpenAIProvider:
                     if out:
                         yield out
             if not filt.state.completed:
-                raise StreamInterrupted(f"{self.name}: the upstream ended the stream early",
-                                        provider=self.name)
+                raise StreamInterrupted(
+                    f"{self.name}: the upstream ended the stream early", provider=self.name
+                )
         finally:
             resp.close()
 

@@ -55,8 +55,14 @@ class Served(Generic[T]):
 
 
 class ProviderPool:
-    def __init__(self, providers: dict[str, Provider], *, policy: FailoverPolicy = DEFAULT_POLICY,
-                 hook: PoolHook | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        providers: dict[str, Provider],
+        *,
+        policy: FailoverPolicy = DEFAULT_POLICY,
+        hook: PoolHook | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.providers = providers
         self.policy = policy
         self.hook: PoolHook = hook or _NoHook()
@@ -73,16 +79,23 @@ class ProviderPool:
     async def chat(self, plan: Sequence[ModelSpec], call: Call, deadline: float) -> Served[Reply]:
         return await self._run(plan, call, deadline, lambda p, c: p.chat(c))
 
-    async def embeddings(self, plan: Sequence[ModelSpec], call: Call,
-                         deadline: float) -> Served[Reply]:
+    async def embeddings(
+        self, plan: Sequence[ModelSpec], call: Call, deadline: float
+    ) -> Served[Reply]:
         return await self._run(plan, call, deadline, lambda p, c: p.embeddings(c))
 
-    async def chat_stream(self, plan: Sequence[ModelSpec], call: Call,
-                          deadline: float) -> Served[ReplyStream]:
+    async def chat_stream(
+        self, plan: Sequence[ModelSpec], call: Call, deadline: float
+    ) -> Served[ReplyStream]:
         return await self._run(plan, call, deadline, lambda p, c: p.chat_stream(c))
 
-    async def _run(self, plan: Sequence[ModelSpec], call: Call, deadline: float,
-                   op: Callable[[Provider, Call], Awaitable[T]]) -> Served[T]:
+    async def _run(
+        self,
+        plan: Sequence[ModelSpec],
+        call: Call,
+        deadline: float,
+        op: Callable[[Provider, Call], Awaitable[T]],
+    ) -> Served[T]:
         attempts: list[Attempt] = []
         errors: list[ProviderError] = []
         tries_of: dict[str, int] = {}
@@ -107,7 +120,8 @@ class ProviderPool:
                     result = await op(self.providers[model.provider], _with_model(call, model))
             except TimeoutError:
                 err: ProviderError = ProviderTimeout(
-                    f"{model.provider}: overall deadline reached", provider=model.provider)
+                    f"{model.provider}: overall deadline reached", provider=model.provider
+                )
             except ProviderRejected:
                 self._record(breaker, model, started, 400, None, success=True)
                 raise
@@ -119,18 +133,33 @@ class ProviderPool:
                 attempts.append(Attempt(model.provider, model.name, 200, None, round(ms, 3)))
                 return Served(result, model, tuple(attempts))
             errors.append(err)
-            failed = self._record(breaker, model, started, err.upstream_status,
-                                  err.code or type(err).__name__, success=False)
+            failed = self._record(
+                breaker,
+                model,
+                started,
+                err.upstream_status,
+                err.code or type(err).__name__,
+                success=False,
+            )
             attempts.append(failed)
             if i + 1 < len(plan):
                 self.hook.failover(call.request_id, failed, plan[i + 1])
         raise final_error(errors, attempts) if errors else _all_open(attempts)
 
-    def _record(self, breaker: Breaker, model: ModelSpec, started: float, status: int | None,
-                error: str | None, *, success: bool) -> Attempt:
+    def _record(
+        self,
+        breaker: Breaker,
+        model: ModelSpec,
+        started: float,
+        status: int | None,
+        error: str | None,
+        *,
+        success: bool,
+    ) -> Attempt:
         now = self.clock()
-        attempt = Attempt(model.provider, model.name, status, error,
-                          round((now - started) * 1000, 3))
+        attempt = Attempt(
+            model.provider, model.name, status, error, round((now - started) * 1000, 3)
+        )
         changed = breaker.success() if success else breaker.failure(now)
         if changed:
             self.hook.breaker_changed(model.provider, changed)
@@ -151,6 +180,7 @@ def _with_model(call: Call, model: ModelSpec) -> Call:
 def _all_open(attempts: Sequence[Attempt]) -> ProviderError:
     names = ", ".join(sorted({a.provider for a in attempts})) or "none"
     return ProviderUnavailable(
-        f"No upstream available: circuit breaker open for {names}", retry_after=1.0,
+        f"No upstream available: circuit breaker open for {names}",
+        retry_after=1.0,
         headers={"retry-after": "1"},
     )

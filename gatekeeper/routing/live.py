@@ -34,8 +34,10 @@ class LiveRouter:
         default_mode: str,
         quality_threshold: float,
         health: HealthView = _no_health,
+        unavailable: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.matrix = matrix
+        self.unavailable = dict(unavailable)
         self.chain = chain
         self.default_mode = default_mode
         self.quality_threshold = quality_threshold
@@ -62,16 +64,22 @@ class LiveRouter:
             messages, max_tokens=req.max_tokens, tools=req.uses_tools, json=req.wants_json
         )
         health = self.health()
-        route = choose(
-            self.matrix,
-            requested_model=req.model,
-            mode=mode,
-            complexity=complexity,
-            quality_threshold=threshold,
-            needs=needs,
-            health=health,
-            open_breakers=open_breakers,
-        )
+        try:
+            route = choose(
+                self.matrix,
+                requested_model=req.model,
+                mode=mode,
+                complexity=complexity,
+                quality_threshold=threshold,
+                needs=needs,
+                health=health,
+                open_breakers=open_breakers,
+            )
+        except ModelNotFound as err:
+            why = self.unavailable.get(req.model)
+            if why:
+                err.message = f"The model '{req.model}' is not available: {why}"
+            raise
         fallbacks = route.fallbacks
         if req.model != AUTO:  # a named model fails over to the best peer on each provider
             peers = choose(

@@ -217,3 +217,19 @@ def _quality(value: object, path: str) -> tuple[tuple[str, float], ...]:
             raise ConfigError(f"{path}.{task}: must be a number between 0 and 1")
         pairs.append((task, float(score)))
     return tuple(sorted(pairs))
+
+
+def model_dict(spec: ModelSpec) -> dict[str, object]:
+    """The YAML/JSON form of a model (what ``parse_models`` reads back)."""
+    return {
+        "name": spec.name,
+        "provider": spec.provider,
+        "upstream": spec.upstream,
+        "kind": spec.kind,
+        "input_per_1k": spec.input_per_1k,
+        "output_per_1k": spec.output_per_1k,
+        "context_window": spec.context_window,
+        "max_output_tokens": spec.max_output_tokens,
+        "capabilities": sorted(spec.capabilities),
+        "quality": dict(spec.quality),
+    }

@@ -10,8 +10,9 @@ from tests.harness.gateway import GatewayProcess, Issuer
 
 @pytest.fixture
 def http(gateway: GatewayProcess, issuer: Issuer) -> httpx.Client:
-    return httpx.Client(base_url=gateway.url, timeout=10,
-                        headers={"authorization": f"Bearer {issuer.token()}"})
+    return httpx.Client(
+        base_url=gateway.url, timeout=10, headers={"authorization": f"Bearer {issuer.token()}"}
+    )
 
 
 def assert_openai_error(resp: httpx.Response, status: int, code: str | None = None) -> None:
@@ -26,8 +27,9 @@ def assert_openai_error(resp: httpx.Response, status: int, code: str | None = No
 class TestRequestEdges:
     def test_malformed_json(self, http: httpx.Client) -> None:
         """Malformed JSON → 400 invalid_json."""
-        r = http.post("/v1/chat/completions", content=b"{nope",
-                      headers={"content-type": "application/json"})
+        r = http.post(
+            "/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}
+        )
         assert_openai_error(r, 400, "invalid_json")
 
     def test_json_that_is_not_an_object(self, http: httpx.Client) -> None:
@@ -37,15 +39,19 @@ class TestRequestEdges:
 
     def test_wrong_field_type_names_the_param(self, http: httpx.Client) -> None:
         """A wrong type → 400 with the field's path as param."""
-        r = http.post("/v1/chat/completions",
-                      json={"model": "gpt-4o-mini", "messages": [{"role": "robot"}]})
+        r = http.post(
+            "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "robot"}]}
+        )
         assert_openai_error(r, 400)
         assert r.json()["error"]["param"] == "messages[0].role"
 
     def test_body_over_the_limit(self, http: httpx.Client) -> None:
         """A body over server.max_body_bytes → 413."""
-        r = http.post("/v1/chat/completions", content=b"x" * (5 * 1024 * 1024),
-                      headers={"content-type": "application/json"})
+        r = http.post(
+            "/v1/chat/completions",
+            content=b"x" * (5 * 1024 * 1024),
+            headers={"content-type": "application/json"},
+        )
         assert_openai_error(r, 413, "payload_too_large")
 
     def test_wrong_content_type(self, http: httpx.Client) -> None:
@@ -68,8 +74,10 @@ class TestRequestEdges:
 
     def test_inbound_request_id_is_echoed(self, http: httpx.Client) -> None:
         """A well-formed x-request-id is echoed; a hostile one is replaced."""
-        assert http.get("/v1/models", headers={"x-request-id": "abc-123"}
-                        ).headers["x-request-id"] == "abc-123"
+        assert (
+            http.get("/v1/models", headers={"x-request-id": "abc-123"}).headers["x-request-id"]
+            == "abc-123"
+        )
         bad = http.get("/v1/models", headers={"x-request-id": "a b<script>"})
         assert bad.headers["x-request-id"].startswith("req_")
 

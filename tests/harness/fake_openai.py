@@ -17,29 +17,53 @@ from aiohttp import web
 
 from tests.harness.behavior import Behavior, Script
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error",
-                404: "invalid_request_error", 429: "requests", 500: "server_error",
-                503: "server_error"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    429: "requests",
+    500: "server_error",
+    503: "server_error",
+}
 
 
 def _error(b: Behavior) -> web.Response:
-    body = {"error": {"message": b.error_message, "type": _ERROR_TYPES.get(b.status, "api_error"),
-                      "param": None, "code": "invalid_api_key" if b.status == 401 else None}}
+    body = {
+        "error": {
+            "message": b.error_message,
+            "type": _ERROR_TYPES.get(b.status, "api_error"),
+            "param": None,
+            "code": "invalid_api_key" if b.status == 401 else None,
+        }
+    }
     headers = dict(b.extra_headers)
     if b.retry_after is not None:
         headers["retry-after"] = str(b.retry_after)
-    return web.Response(status=b.status, body=orjson.dumps(body), headers=headers,
-                        content_type="application/json")
+    return web.Response(
+        status=b.status, body=orjson.dumps(body), headers=headers, content_type="application/json"
+    )
 
 
 def _completion(model: str, b: Behavior) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-        "model": model, "system_fingerprint": "fp_fake",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": b.text},
-                     "logprobs": None, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens,
-                  "total_tokens": b.prompt_tokens + b.completion_tokens},
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": b.text},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": b.prompt_tokens,
+            "completion_tokens": b.completion_tokens,
+            "total_tokens": b.prompt_tokens + b.completion_tokens,
+        },
     }
 
 
@@ -84,25 +108,42 @@ class FakeOpenAI:
         if b.status != 200:
             return _error(b)
         if not body.get("stream"):
-            return web.Response(body=orjson.dumps(_completion(body["model"], b)),
-                                content_type="application/json", headers=b.extra_headers)
+            return web.Response(
+                body=orjson.dumps(_completion(body["model"], b)),
+                content_type="application/json",
+                headers=b.extra_headers,
+            )
         return await self._stream(request, body, b)
 
-    async def _stream(self, request: web.Request, body: dict[str, Any],
-                      b: Behavior) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], b: Behavior
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"content-type": "text/event-stream", **b.extra_headers})
         await resp.prepare(request)
         usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": body["model"]}
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body["model"],
+        }
 
         def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
             obj = {**base, "choices": choices, **({"usage": None} if usage else {}), **extra}
             return b"data: " + orjson.dumps(obj) + b"\n\n"
 
         try:
-            await resp.write(event([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                     "finish_reason": None}]))
+            await resp.write(
+                event(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+            )
             for i, piece in enumerate(_pieces(b.text, b.chunks)):
                 if b.cut_after_chunks is not None and i >= b.cut_after_chunks:
                     assert request.transport is not None
@@ -110,13 +151,21 @@ class FakeOpenAI:
                     return resp
                 if b.chunk_delay:
                     await asyncio.sleep(b.chunk_delay)
-                await resp.write(event([{"index": 0, "delta": {"content": piece},
-                                         "finish_reason": None}]))
+                await resp.write(
+                    event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+                )
             await resp.write(event([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
             if usage:
-                await resp.write(event([], usage={
-                    "prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens,
-                    "total_tokens": b.prompt_tokens + b.completion_tokens}))
+                await resp.write(
+                    event(
+                        [],
+                        usage={
+                            "prompt_tokens": b.prompt_tokens,
+                            "completion_tokens": b.completion_tokens,
+                            "total_tokens": b.prompt_tokens + b.completion_tokens,
+                        },
+                    )
+                )
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
@@ -132,12 +181,21 @@ class FakeOpenAI:
         if b.status != 200:
             return _error(b)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
-                for i, _ in enumerate(inputs)]
-        return web.Response(body=orjson.dumps({
-            "object": "list", "data": data, "model": body["model"],
-            "usage": {"prompt_tokens": b.prompt_tokens, "total_tokens": b.prompt_tokens}}),
-            content_type="application/json")
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+            for i, _ in enumerate(inputs)
+        ]
+        return web.Response(
+            body=orjson.dumps(
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": body["model"],
+                    "usage": {"prompt_tokens": b.prompt_tokens, "total_tokens": b.prompt_tokens},
+                }
+            ),
+            content_type="application/json",
+        )
 
     # -------------------------------------------------------------- lifecycle
 

@@ -36,15 +36,21 @@ class Issuer:
         return mint(load_secret_key(self.directory / "issuer.key"), tenant=tenant, **claims)
 
 
-def base_config(providers: list[dict[str, Any]], models: list[dict[str, Any]],
-                issuer: Issuer, state: Path, **extra: Any) -> dict[str, Any]:
+def base_config(
+    providers: list[dict[str, Any]],
+    models: list[dict[str, Any]],
+    issuer: Issuer,
+    state: Path,
+    **extra: Any,
+) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "shutdown_grace_s": 5},
         "nats": {"url": "embedded"},
         "providers": providers,
         "models": models,
-        "failover_chain": [{"provider": p["name"], "priority": i + 1}
-                           for i, p in enumerate(providers)],
+        "failover_chain": [
+            {"provider": p["name"], "priority": i + 1} for i, p in enumerate(providers)
+        ],
         "demo": "off",
         "auth": {"issuers": [issuer.public]},
         "audit": {"spool_dir": str(state / "spool")},
@@ -58,19 +64,45 @@ def base_config(providers: list[dict[str, Any]], models: list[dict[str, Any]],
     return cfg
 
 
-def chat_model(name: str, provider: str, upstream: str | None = None,
-               **over: Any) -> dict[str, Any]:
-    return {"name": name, "provider": provider, "upstream": upstream or name, "kind": "chat",
-            "input_per_1k": 0.001, "output_per_1k": 0.002, "context_window": 128000,
-            "max_output_tokens": 4096, "capabilities": ["tools", "json", "streaming", "vision"],
-            "quality": {"simple": 0.9, "general": 0.9, "code": 0.9, "math": 0.9,
-                        "reasoning": 0.9, "legal": 0.9, "creative": 0.9}, **over}
+def chat_model(
+    name: str, provider: str, upstream: str | None = None, **over: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "provider": provider,
+        "upstream": upstream or name,
+        "kind": "chat",
+        "input_per_1k": 0.001,
+        "output_per_1k": 0.002,
+        "context_window": 128000,
+        "max_output_tokens": 4096,
+        "capabilities": ["tools", "json", "streaming", "vision"],
+        "quality": {
+            "simple": 0.9,
+            "general": 0.9,
+            "code": 0.9,
+            "math": 0.9,
+            "reasoning": 0.9,
+            "legal": 0.9,
+            "creative": 0.9,
+        },
+        **over,
+    }
 
 
 def embedding_model(name: str, provider: str) -> dict[str, Any]:
-    return {"name": name, "provider": provider, "upstream": name, "kind": "embedding",
-            "input_per_1k": 0.00002, "output_per_1k": 0, "context_window": 8192,
-            "max_output_tokens": 0, "capabilities": [], "quality": {}}
+    return {
+        "name": name,
+        "provider": provider,
+        "upstream": name,
+        "kind": "embedding",
+        "input_per_1k": 0.00002,
+        "output_per_1k": 0,
+        "context_window": 8192,
+        "max_output_tokens": 0,
+        "capabilities": [],
+        "quality": {},
+    }
 
 
 @dataclass
@@ -101,12 +133,24 @@ class GatewayProcess:
         self.log_path = self.workdir / f"gateway-{self.port}.log"
         env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
         env.update({"GATEKEEPER_LOG_FORMAT": "json", **self.env})
-        cmd = [sys.executable, "-m", "gatekeeper", "serve", "--config", str(cfg_path),
-               "--port", str(self.port), "--nats-url", self.nats_url,
-               "--workers", str(self.workers)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gatekeeper",
+            "serve",
+            "--config",
+            str(cfg_path),
+            "--port",
+            str(self.port),
+            "--nats-url",
+            self.nats_url,
+            "--workers",
+            str(self.workers),
+        ]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
         self.wait_ready(timeout)
         return self
 

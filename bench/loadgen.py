@@ -1,0 +1,271 @@
+"""Load generators and meters for ``bench.run``: wrk, a streaming client, /proc readings.
+
+* ``run_wrk`` drives ``wrk --latency -s bench/wrk/chat.lua`` and parses its report;
+* ``run_streams`` sends streaming chat completions with aiohttp and times the
+  first chunk of each;
+* ``process_tree``/``cpu_seconds``/``peak_rss_kib`` read ``/proc`` (Linux only).
+
+Loopback only: every URL must point at 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+CHAT_LUA = HERE / "wrk" / "chat.lua"
+CHAT_PATH = "/v1/chat/completions"
+CHAT_BODY = (
+    '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}],"max_tokens":16}'
+)
+STREAM_BODY = (
+    '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}],'
+    '"max_tokens":64,"stream":true,"stream_options":{"include_usage":true}}'
+)
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def loopback_only(url: str) -> str:
+    host = urlsplit(url).hostname
+    if host != "127.0.0.1":
+        raise ValueError(f"benchmarks only target 127.0.0.1, not {host!r}")
+    return url
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile (``pct`` in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+_PCT_RE = re.compile(r"^\s*(50|75|90|99)(?:\.0+)?%\s+([0-9.]+)(us|ms|s|m|h)\s*$", re.M)
+_REQS_RE = re.compile(r"^\s*(\d+) requests in ([0-9.]+)(us|ms|s|m|h)", re.M)
+_RPS_RE = re.compile(r"^Requests/sec:\s+([0-9.]+)", re.M)
+_NON2XX_RE = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_SOCK_RE = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+
+
+def parse_wrk(text: str) -> WrkResult:
+    """The figures of a ``wrk --latency`` report; raises ValueError if it has none."""
+    pct = {int(m[1]): float(m[2]) * _UNITS_MS[m[3]] for m in _PCT_RE.finditer(text)}
+    reqs, rps = _REQS_RE.search(text), _RPS_RE.search(text)
+    if reqs is None or rps is None or 50 not in pct or 99 not in pct:
+        raise ValueError(f"not a wrk --latency report:\n{text}")
+    non2xx = _NON2XX_RE.search(text)
+    sock = _SOCK_RE.search(text)
+    return WrkResult(
+        requests=int(reqs[1]),
+        seconds=float(reqs[2]) * _UNITS_MS[reqs[3]] / 1000,
+        rps=float(rps[1]),
+        p50_ms=pct[50],
+        p99_ms=pct[99],
+        non_2xx=int(non2xx[1]) if non2xx else 0,
+        socket_errors=sum(int(g) for g in sock.groups()) if sock else 0,
+    )
+
+
+def wrk_version() -> str:
+    try:
+        out = subprocess.run(["wrk", "--version"], capture_output=True, text=True, timeout=10)
+    except FileNotFoundError:
+        return "not installed"
+    return (out.stdout + out.stderr).splitlines()[0].strip()
+
+
+def run_wrk(
+    base_url: str,
+    connections: int,
+    duration_s: float,
+    token: str | None,
+    body: str = CHAT_BODY,
+    threads: int = 1,
+) -> tuple[WrkResult, str]:
+    """One bounded wrk run against ``base_url`` + CHAT_PATH; returns (figures, raw report)."""
+    url = loopback_only(base_url.rstrip("/") + CHAT_PATH)
+    env = {**os.environ, "BENCH_TOKEN": token or "", "BENCH_BODY": body, "BENCH_PATH": CHAT_PATH}
+    seconds = max(1, round(duration_s))
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        str(CHAT_LUA),
+        url,
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=seconds + 60, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    return parse_wrk(done.stdout), done.stdout
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(k) for k in f.read().split()]
+    except OSError:
+        pass
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (gateway supervisor + workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        if os.path.exists(f"/proc/{p}"):
+            out.append(p)
+            todo += _children(p)
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the given processes, in seconds (vanished ones count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # fields 14, 15 of proc(5)
+    return total / _CLK_TCK
+
+
+def peak_rss_kib(pids: list[int]) -> int:
+    """The largest VmHWM (peak resident set) among the given processes, in KiB."""
+    peak = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]))
+                        break
+        except OSError:
+            continue
+    return peak
+
+
+# --------------------------------------------------------------------------- streams
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    requests: int
+    failed: int
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    chunks: int
+    seconds: float
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.seconds if self.seconds else 0.0
+
+
+async def _one_stream(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str]
+) -> tuple[float, int] | None:
+    started = time.perf_counter()
+    ttft: float | None = None
+    buf = bytearray()
+    async with session.post(url, data=STREAM_BODY.encode(), headers=headers) as resp:
+        if resp.status != 200:
+            await resp.read()
+            return None
+        while True:
+            data = await resp.content.readany()
+            if not data:
+                break
+            buf += data
+            if ttft is None and b"data:" in buf:
+                ttft = time.perf_counter() - started
+    events = [e for e in bytes(buf).split(b"\n\n") if e.startswith(b"data:")]
+    if ttft is None or not events or events[-1].strip() != b"data: [DONE]":
+        return None
+    return ttft * 1000, len(events) - 1
+
+
+async def _streams(base_url: str, token: str | None, n: int, concurrency: int) -> StreamResult:
+    url = loopback_only(base_url.rstrip("/") + CHAT_PATH)
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    ttfts: list[float] = []
+    chunks = failed = 0
+    sem = asyncio.Semaphore(concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
+        await _one_stream(session, url, headers)  # warm the connection
+
+        async def one() -> None:
+            nonlocal chunks, failed
+            async with sem:
+                try:
+                    got = await _one_stream(session, url, headers)
+                except (aiohttp.ClientError, TimeoutError):
+                    got = None
+            if got is None:
+                failed += 1
+            else:
+                ttfts.append(got[0])
+                chunks += got[1]
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        seconds = time.perf_counter() - started
+    return StreamResult(
+        n,
+        failed,
+        percentile(ttfts, 50) if ttfts else math.nan,
+        percentile(ttfts, 99) if ttfts else math.nan,
+        chunks,
+        seconds,
+    )
+
+
+def run_streams(
+    base_url: str, token: str | None, n: int = 200, concurrency: int = 8
+) -> StreamResult:
+    """``n`` streaming chat completions, ``concurrency`` at a time, on a fresh uvloop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_streams(base_url, token, n, concurrency))
+    return uvloop.run(_streams(base_url, token, n, concurrency))
