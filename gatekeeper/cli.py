@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 import os
 import sys
+from pathlib import Path
 
+from gatekeeper.admin_cli import EMBEDDED_URL_FILE, add_admin_parsers
 from gatekeeper.auth.cli import add_keys_parser
 from gatekeeper.config import ConfigError, load_config
 
@@ -57,6 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if nats_url == "embedded":
         embedded = server.start_embedded_nats(config)
         nats_url = embedded.url
+        url_file = Path(config.state_dir) / EMBEDDED_URL_FILE
+        url_file.parent.mkdir(parents=True, exist_ok=True)
+        url_file.write_text(nats_url + "\n")
     try:
         print(
             server.banner(config, server.dev_token(dev_secret), nats_url, demo_enabled(config)),
@@ -95,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatekeeper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
-    add_keys_parser(sub)
+    add_admin_parsers(sub, add_keys_parser(sub))
     return parser
 
 

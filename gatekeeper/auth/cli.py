@@ -139,8 +139,13 @@ def _add_mint(keys: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_cmd_mint)
 
 
-def add_keys_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``keys init|mint|inspect``; each sets ``func(args) -> exit code``."""
+def add_keys_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Add ``keys init|mint|inspect``; each sets ``func(args) -> exit code``.
+
+    Returns the ``keys`` sub-command group so NATS-backed commands can join it.
+    """
     parser = subparsers.add_parser("keys", help="issuer keys and API tokens")
     keys = parser.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
 
@@ -156,3 +161,4 @@ def add_keys_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     source.add_argument("--public-key", metavar="k4.public.…")
     source.add_argument("--issuer-pub", metavar="PATH", help=f"default: ${ISSUER_PUB_ENV}")
     inspect.set_defaults(func=_cmd_inspect)
+    return keys

@@ -1,0 +1,374 @@
+"""``python -m bench.run`` (``make bench``): the gateway against its upstream, side by side.
+
+    .venv/bin/python -m bench.run                      3 runs x 10 s per scenario
+    .venv/bin/python -m bench.run --quick              1 run x 3 s (smoke)
+    .venv/bin/python -m bench.run --runs 3 --duration 10 --httpx-baseline --scaling
+
+Starts, all on 127.0.0.1 free ports: the fake upstream (``bench.upstream``), a
+nats-server with JetStream, and ``python -m gatekeeper serve`` pointing a provider
+of kind ``openai`` at the upstream (demo off, audit strict). Loads each target with
+``wrk`` (1 and 32 connections), reads CPU time and peak RSS from ``/proc``, times
+streams with an aiohttp client, runs the micro-benchmarks in ``bench/`` and rewrites
+the generated section of BENCHMARKS.md (between the ``bench:start``/``bench:end``
+markers; everything else in the file is kept). Every figure is the median of runs.
+Needs ``wrk`` on PATH (``apt-get install wrk``). Linux only (reads /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+
+from bench.loadgen import (
+    CHAT_BODY,
+    StreamResult,
+    WrkResult,
+    cpu_seconds,
+    peak_rss_kib,
+    process_tree,
+    run_streams,
+    run_wrk,
+    wrk_version,
+)
+from gatekeeper.bus.embedded import EmbeddedNats, free_port
+from tests.harness.gateway import GatewayProcess, Issuer, base_config, chat_model, \
+    embedding_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    runs: int
+    duration: float
+    warmup: float
+    quick: bool
+    scaling: bool
+    httpx_baseline: bool
+    stream_requests: int
+    stream_concurrency: int
+    chunks: int
+    chunk_delay_ms: float
+    output: Path | None
+    micro: bool
+    argv: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Target:
+    """Something wrk can load: a URL, the token it needs, the processes that serve it."""
+
+    name: str
+    url: str
+    token: str | None
+    pids: Callable[[], list[int]]
+    workers: int = 0  # gateway worker processes (0: not a gateway)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One wrk run with the server's /proc readings around it."""
+
+    wrk: WrkResult
+    cpu_s: float
+    nats_cpu_s: float
+    rss_kib: int
+
+
+@dataclass(slots=True)
+class Scenario:
+    target: Target
+    connections: int
+    samples: list[Sample] = field(default_factory=list)
+
+    def median(self, get: Callable[[Sample], float]) -> float:
+        return statistics.median(get(s) for s in self.samples)
+
+
+@dataclass(slots=True)
+class Results:
+    scenarios: list[Scenario] = field(default_factory=list)
+    added_p50_ms: dict[str, list[float]] = field(default_factory=dict)
+    streams: dict[str, StreamResult] = field(default_factory=dict)
+    micro: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    wall_s: float = 0.0
+
+
+# --------------------------------------------------------------------------- processes
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            r = httpx.post(url, content=CHAT_BODY, timeout=2,
+                           headers={"content-type": "application/json"})
+            if r.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{proc.args} not answering {url} in {timeout}s")
+
+
+def start_server(stack: contextlib.ExitStack, module: str, args: list[str], workdir: Path,
+                 port: int) -> subprocess.Popen[bytes]:
+    """``python -m <module> --port P …``; stopped (SIGTERM, then SIGKILL) when ``stack`` ends."""
+    log = workdir / f"{module.rsplit('.', 1)[-1]}-{port}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([PY, "-m", module, "--port", str(port), *args], cwd=ROOT,
+                                stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+    stack.callback(stop_process, proc)
+    _wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", proc, log)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def tree(proc: subprocess.Popen[bytes] | None) -> Callable[[], list[int]]:
+    """The live process tree of ``proc`` (a gateway supervisor and its workers)."""
+    assert proc is not None
+    return lambda: process_tree(proc.pid)
+
+
+def start_gateway(stack: contextlib.ExitStack, workdir: Path, upstream_url: str,
+                  nats_url: str, issuer: Issuer, workers: int) -> GatewayProcess:
+    provider = {"name": "bench", "kind": "openai", "base_url": f"{upstream_url}/v1",
+                "api_key": "sk-bench",
+                "timeouts": {"connect_s": 2, "first_byte_s": 10, "total_s": 30}}
+    models = [chat_model("gpt-4o-mini", "bench"),
+              embedding_model("text-embedding-3-small", "bench")]
+    state = workdir / f"state-w{workers}"
+    config = base_config([provider], models, issuer, state, demo="off",
+                         audit={"mode": "strict"})
+    gw = GatewayProcess(config, workdir / f"gw-w{workers}", nats_url, workers=workers)
+    stack.callback(gw.stop)
+    gw.start(timeout=60)
+    deadline = time.monotonic() + 60
+    while gw.logs().count('"node.started"') < workers:  # every worker, not just the first
+        if time.monotonic() > deadline or (gw.proc and gw.proc.poll() is not None):
+            raise RuntimeError(f"gateway workers did not all start:\n{gw.logs()[-3000:]}")
+        time.sleep(0.1)
+    return gw
+
+
+def check_ok(base_url: str, token: str | None) -> None:
+    """One request before any load: a benchmark of error responses measures nothing."""
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    r = httpx.post(f"{base_url}/v1/chat/completions", content=CHAT_BODY, headers=headers,
+                   timeout=10)
+    if r.status_code != 200 or r.json().get("object") != "chat.completion":
+        raise RuntimeError(f"{base_url}: {r.status_code} {r.text[:500]}")
+
+
+# --------------------------------------------------------------------------- measuring
+
+def measure(target: Target, connections: int, duration: float, nats_pid: int) -> Sample:
+    pids = target.pids()
+    cpu0, nats0 = cpu_seconds(pids), cpu_seconds([nats_pid])
+    result, _ = run_wrk(target.url, connections, duration, target.token)
+    pids = target.pids()
+    return Sample(result, cpu_seconds(pids) - cpu0, cpu_seconds([nats_pid]) - nats0,
+                  peak_rss_kib(pids))
+
+
+def run_matrix(matrix: list[Scenario], opts: Options, nats_pid: int) -> None:
+    """Warm every scenario up once, then run them interleaved ``opts.runs`` times."""
+    for sc in matrix:
+        log(f"warm-up  {sc.target.name} c{sc.connections}")
+        run_wrk(sc.target.url, sc.connections, opts.warmup, sc.target.token)
+    for i in range(opts.runs):
+        for sc in matrix:
+            sample = measure(sc.target, sc.connections, opts.duration, nats_pid)
+            sc.samples.append(sample)
+            w = sample.wrk
+            log(f"run {i + 1}/{opts.runs} {sc.target.name:<28} c{sc.connections:<3} "
+                f"{w.rps:9.0f} req/s  p50 {w.p50_ms:.3f} ms  p99 {w.p99_ms:.3f} ms  "
+                f"non-2xx {w.non_2xx}  sock-err {w.socket_errors}")
+
+
+def added_p50(direct: Scenario, gateway: Scenario) -> list[float]:
+    """Per run: gateway p50 − direct p50 (same run, interleaved)."""
+    return [g.wrk.p50_ms - d.wrk.p50_ms for d, g in zip(direct.samples, gateway.samples,
+                                                          strict=True)]
+
+
+def run_micro(results: Results) -> None:
+    for name in ("auth_bench", "budget_bench", "routing_bench"):
+        path = ROOT / "bench" / f"{name}.py"
+        if not path.exists():
+            continue
+        log(f"micro    {name}")
+        try:
+            done = subprocess.run([PY, str(path)], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=300, check=False)
+            text = done.stdout.rstrip()
+            if done.returncode != 0:
+                text += f"\n[exit {done.returncode}]\n{done.stderr.strip()[-2000:]}"
+        except subprocess.TimeoutExpired:
+            text = "[timed out after 300 s]"
+        results.micro[f"python bench/{name}.py"] = text
+
+
+# --------------------------------------------------------------------------- the run
+
+def bench(opts: Options, stack: contextlib.ExitStack, tmp: Path) -> Results:
+    results = Results()
+    up_port = free_port()
+    up_args = ["--chunks", str(opts.chunks), "--chunk-delay-ms", str(opts.chunk_delay_ms)]
+    upstream = start_server(stack, "bench.upstream", up_args, tmp, up_port)
+    up_url = f"http://127.0.0.1:{up_port}"
+    nats = EmbeddedNats(tmp / "nats", name="bench-nats")
+    stack.callback(nats.stop)
+    nats.start()
+    assert nats.proc is not None
+    nats_pid = nats.proc.pid
+    issuer = Issuer(tmp / "issuer")
+    full = issuer.token("bench", budget_tokens=10**12, rpm=10**9, tpm=10**12)
+    plain = issuer.token("bench-plain")
+
+    direct = Target("direct (upstream only)", up_url, None, tree(upstream))
+    gw1 = start_gateway(stack, tmp, up_url, nats.url, issuer, 1)
+    for token in (full, plain):
+        check_ok(gw1.url, token)
+    gw_full = Target("gateway w1, full pipeline", gw1.url, full, tree(gw1.proc), 1)
+    gw_plain = Target("gateway w1, plain token", gw1.url, plain, gw_full.pids, 1)
+    matrix = [Scenario(t, c) for c in (1, 32) for t in (direct, gw_full, gw_plain)]
+    run_matrix(matrix, opts, nats_pid)
+    results.scenarios += matrix
+    results.added_p50_ms["full pipeline"] = added_p50(matrix[0], matrix[1])
+    results.added_p50_ms["plain token"] = added_p50(matrix[0], matrix[2])
+
+    log(f"streams  {opts.stream_requests} x direct, gateway (concurrency "
+        f"{opts.stream_concurrency})")
+    results.streams["direct (upstream only)"] = run_streams(
+        up_url, None, opts.stream_requests, opts.stream_concurrency)
+    results.streams["gateway w1, full pipeline"] = run_streams(
+        gw1.url, full, opts.stream_requests, opts.stream_concurrency)
+    for name, s in results.streams.items():
+        log(f"         {name:<28} TTFT p50 {s.ttft_p50_ms:.3f} ms p99 {s.ttft_p99_ms:.3f} ms "
+            f"{s.chunks_per_s:9.0f} chunks/s failed {s.failed}")
+
+    if opts.scaling:
+        gw1.stop()
+        for workers in (2, 4):
+            gw = start_gateway(stack, tmp, up_url, nats.url, issuer, workers)
+            check_ok(gw.url, full)
+            target = Target(f"gateway w{workers}, full pipeline", gw.url, full, tree(gw.proc),
+                            workers)
+            scaling = [Scenario(target, 32)]
+            run_matrix(scaling, opts, nats_pid)
+            results.scenarios += scaling
+            gw.stop()
+
+    if opts.httpx_baseline:
+        baselines = []
+        for module, label in (("bench.baseline_httpx", "baseline Starlette + httpx"),
+                              ("bench.baseline_aiohttp", "baseline Starlette + aiohttp")):
+            port = free_port()
+            proc = start_server(stack, module, ["--upstream", up_url], tmp, port)
+            baselines.append(Scenario(Target(label, f"http://127.0.0.1:{port}", None,
+                                             tree(proc)), 32))
+        run_matrix(baselines, opts, nats_pid)
+        results.scenarios += baselines
+
+    if opts.micro:
+        run_micro(results)
+    results.wall_s = time.time() - results.started
+    return results
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def parse_args(argv: list[str]) -> Options:
+    p = argparse.ArgumentParser(prog="python -m bench.run",
+                                description="Gateway vs direct-upstream benchmarks.")
+    p.add_argument("--runs", type=int, default=3, help="runs per scenario (median reported)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per scenario")
+    p.add_argument("--quick", action="store_true", help="smoke: 1 run x 3 s, 50 streams")
+    p.add_argument("--scaling", action="store_true", help="also gateway with 2 and 4 workers")
+    p.add_argument("--httpx-baseline", action="store_true",
+                   help="also bare Starlette pass-throughs with httpx and with aiohttp")
+    p.add_argument("--stream-requests", type=int, default=200)
+    p.add_argument("--stream-concurrency", type=int, default=8)
+    p.add_argument("--chunks", type=int, default=20, help="content chunks per upstream stream")
+    p.add_argument("--chunk-delay-ms", type=float, default=0.0, help="upstream pause per chunk")
+    p.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    p.add_argument("--no-write", action="store_true", help="print the section, keep the file")
+    p.add_argument("--no-micro", action="store_true", help="skip bench/*_bench.py")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.runs, a.duration, a.warmup = 1, 3.0, 1.0
+        a.stream_requests = min(a.stream_requests, 50)
+    if a.runs < 1 or a.duration < 1 or a.duration > 120:
+        p.error("--runs must be >= 1 and --duration between 1 and 120 s")
+    return Options(a.runs, a.duration, a.warmup, a.quick, a.scaling, a.httpx_baseline,
+                   a.stream_requests, a.stream_concurrency, a.chunks, a.chunk_delay_ms,
+                   None if a.no_write else a.output, not a.no_micro, tuple(argv))
+
+
+def _raise_interrupt(signum: int, _: Any) -> NoReturn:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    with (_sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="gk-bench-") as tmp,
+          contextlib.ExitStack() as stack):
+        try:
+            results = bench(opts, stack, Path(tmp))
+        except KeyboardInterrupt:
+            log("interrupted: stopping every process")
+            return 130
+        finally:
+            stack.close()  # stop gateway, nats, upstream, baselines before the temp dir goes
+    section = render(results, opts)
+    if opts.output is None:
+        print(section)
+    else:
+        write_section(opts.output, section)
+        log(f"wrote {opts.output}")
+    print("\n".join(bar_lines(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
