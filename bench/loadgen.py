@@ -3,7 +3,9 @@
 * ``run_wrk`` drives ``wrk --latency -s bench/wrk/chat.lua`` and parses its report;
 * ``run_streams`` sends streaming chat completions with aiohttp and times the
   first chunk of each;
-* ``process_tree``/``cpu_seconds``/``peak_rss_kib`` read ``/proc`` (Linux only).
+* ``process_tree``/``cpu_seconds``/``peak_rss_kib`` read ``/proc`` (Linux only);
+* ``measure`` is one wrk run of a ``Scenario`` with those readings around it,
+  including how busy the machine was with anything else (other people's jobs).
 
 Loopback only: every URL must point at 127.0.0.1.
 """
@@ -14,9 +16,12 @@ import asyncio
 import math
 import os
 import re
+import resource
+import statistics
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,6 +37,7 @@ STREAM_BODY = (
     '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}],'
     '"max_tokens":64,"stream":true,"stream_options":{"include_usage":true}}'
 )
+STREAMS_TIMEOUT_S = 180.0  # bound on one whole run_streams call
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -94,7 +100,8 @@ def wrk_version() -> str:
         out = subprocess.run(["wrk", "--version"], capture_output=True, text=True, timeout=10)
     except FileNotFoundError:
         return "not installed"
-    return (out.stdout + out.stderr).splitlines()[0].strip()
+    first = (out.stdout + out.stderr).splitlines()[0]
+    return first.split(" Copyright", 1)[0].strip()  # "wrk 4.2.0 [epoll]"
 
 
 def run_wrk(
@@ -165,6 +172,21 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _CLK_TCK
 
 
+def children_cpu_seconds() -> float:
+    """CPU time of this process's finished children (wrk runs), in seconds."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (``/proc/stat``: all but idle, iowait)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+            int, f.readline().split()[1:9]
+        )
+    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+
+
 def peak_rss_kib(pids: list[int]) -> int:
     """The largest VmHWM (peak resident set) among the given processes, in KiB."""
     peak = 0
@@ -178,6 +200,85 @@ def peak_rss_kib(pids: list[int]) -> int:
         except OSError:
             continue
     return peak
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@dataclass(slots=True)
+class Target:
+    """Something wrk can load: a URL, the token it needs, the processes that serve it."""
+
+    name: str
+    url: str
+    token: str | None
+    pids: Callable[[], list[int]]
+    workers: int = 0  # gateway worker processes (0: not a gateway)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One wrk run with the server's /proc readings around it."""
+
+    wrk: WrkResult
+    cpu_s: float
+    nats_cpu_s: float
+    rss_kib: int
+    other_load: float  # cores busy with anything but wrk, the target, upstream, nats-server
+
+
+@dataclass(slots=True)
+class Scenario:
+    target: Target
+    connections: int
+    samples: list[Sample] = field(default_factory=list)
+
+    def median(self, get: Callable[[Sample], float]) -> float:
+        return statistics.median(get(s) for s in self.samples)
+
+    def per_1k(self, get: Callable[[Sample], float]) -> float:
+        """Median over runs of ``get(sample)`` per 1,000 requests completed."""
+        return self.median(lambda s: get(s) / max(1, s.wrk.requests) * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Helpers:
+    """Processes that serve every scenario: measured apart from the target's own."""
+
+    nats_pid: int
+    upstream_pid: int
+
+
+def measure(target: Target, connections: int, duration: float, helpers: Helpers) -> Sample:
+    """One wrk run, with CPU time of the target, nats-server and everything else around it."""
+    pids = target.pids()
+    side = [p for p in (helpers.upstream_pid,) if p not in pids]
+    before = (
+        cpu_seconds(pids),
+        cpu_seconds([helpers.nats_pid]),
+        cpu_seconds(side),
+        children_cpu_seconds(),
+        machine_busy_seconds(),
+        time.monotonic(),
+    )
+    result, _ = run_wrk(target.url, connections, duration, target.token)
+    pids = target.pids()
+    after = (
+        cpu_seconds(pids),
+        cpu_seconds([helpers.nats_pid]),
+        cpu_seconds(side),
+        children_cpu_seconds(),
+        machine_busy_seconds(),
+        time.monotonic(),
+    )
+    own, nats, upstream, wrk, machine, wall = (b - a for a, b in zip(before, after, strict=True))
+    return Sample(
+        result,
+        own,
+        nats,
+        peak_rss_kib(pids),
+        other_load=max(0.0, machine - own - nats - upstream - wrk) / wall,
+    )
 
 
 # --------------------------------------------------------------------------- streams
@@ -248,7 +349,8 @@ async def _streams(base_url: str, token: str | None, n: int, concurrency: int) -
                 chunks += got[1]
 
         started = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(n)))
+        async with asyncio.timeout(STREAMS_TIMEOUT_S):
+            await asyncio.gather(*(one() for _ in range(n)))
         seconds = time.perf_counter() - started
     return StreamResult(
         n,

@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,18 +32,17 @@ import httpx
 
 from bench.loadgen import (
     CHAT_BODY,
-    StreamResult,
-    WrkResult,
-    cpu_seconds,
-    peak_rss_kib,
+    Helpers,
+    Scenario,
+    Target,
+    measure,
     process_tree,
     run_streams,
     run_wrk,
-    wrk_version,
 )
+from bench.report import Results, bar_lines, render, write_section
 from gatekeeper.bus.embedded import EmbeddedNats, free_port
-from tests.harness.gateway import GatewayProcess, Issuer, base_config, chat_model, \
-    embedding_model
+from tests.harness.gateway import GatewayProcess, Issuer, base_config, chat_model, embedding_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -67,72 +65,40 @@ class Options:
     argv: tuple[str, ...]
 
 
-@dataclass(slots=True)
-class Target:
-    """Something wrk can load: a URL, the token it needs, the processes that serve it."""
-
-    name: str
-    url: str
-    token: str | None
-    pids: Callable[[], list[int]]
-    workers: int = 0  # gateway worker processes (0: not a gateway)
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One wrk run with the server's /proc readings around it."""
-
-    wrk: WrkResult
-    cpu_s: float
-    nats_cpu_s: float
-    rss_kib: int
-
-
-@dataclass(slots=True)
-class Scenario:
-    target: Target
-    connections: int
-    samples: list[Sample] = field(default_factory=list)
-
-    def median(self, get: Callable[[Sample], float]) -> float:
-        return statistics.median(get(s) for s in self.samples)
-
-
-@dataclass(slots=True)
-class Results:
-    scenarios: list[Scenario] = field(default_factory=list)
-    added_p50_ms: dict[str, list[float]] = field(default_factory=dict)
-    streams: dict[str, StreamResult] = field(default_factory=dict)
-    micro: dict[str, str] = field(default_factory=dict)
-    started: float = field(default_factory=time.time)
-    wall_s: float = 0.0
-
-
 # --------------------------------------------------------------------------- processes
 
+
 def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    name = " ".join(map(str, proc.args)) if isinstance(proc.args, list) else str(proc.args)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{name} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            r = httpx.post(url, content=CHAT_BODY, timeout=2,
-                           headers={"content-type": "application/json"})
+            r = httpx.post(
+                url, content=CHAT_BODY, timeout=2, headers={"content-type": "application/json"}
+            )
             if r.status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"{proc.args} not answering {url} in {timeout}s")
+    raise RuntimeError(f"{name} not answering {url} in {timeout}s")
 
 
-def start_server(stack: contextlib.ExitStack, module: str, args: list[str], workdir: Path,
-                 port: int) -> subprocess.Popen[bytes]:
+def start_server(
+    stack: contextlib.ExitStack, module: str, args: list[str], workdir: Path, port: int
+) -> subprocess.Popen[bytes]:
     """``python -m <module> --port P …``; stopped (SIGTERM, then SIGKILL) when ``stack`` ends."""
     log = workdir / f"{module.rsplit('.', 1)[-1]}-{port}.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([PY, "-m", module, "--port", str(port), *args], cwd=ROOT,
-                                stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [PY, "-m", module, "--port", str(port), *args],
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+        )
     stack.callback(stop_process, proc)
     _wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", proc, log)
     return proc
@@ -155,16 +121,27 @@ def tree(proc: subprocess.Popen[bytes] | None) -> Callable[[], list[int]]:
     return lambda: process_tree(proc.pid)
 
 
-def start_gateway(stack: contextlib.ExitStack, workdir: Path, upstream_url: str,
-                  nats_url: str, issuer: Issuer, workers: int) -> GatewayProcess:
-    provider = {"name": "bench", "kind": "openai", "base_url": f"{upstream_url}/v1",
-                "api_key": "sk-bench",
-                "timeouts": {"connect_s": 2, "first_byte_s": 10, "total_s": 30}}
-    models = [chat_model("gpt-4o-mini", "bench"),
-              embedding_model("text-embedding-3-small", "bench")]
+def start_gateway(
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    upstream_url: str,
+    nats_url: str,
+    issuer: Issuer,
+    workers: int,
+) -> GatewayProcess:
+    provider = {
+        "name": "bench",
+        "kind": "openai",
+        "base_url": f"{upstream_url}/v1",
+        "api_key": "sk-bench",
+        "timeouts": {"connect_s": 2, "first_byte_s": 10, "total_s": 30},
+    }
+    models = [
+        chat_model("gpt-4o-mini", "bench"),
+        embedding_model("text-embedding-3-small", "bench"),
+    ]
     state = workdir / f"state-w{workers}"
-    config = base_config([provider], models, issuer, state, demo="off",
-                         audit={"mode": "strict"})
+    config = base_config([provider], models, issuer, state, demo="off", audit={"mode": "strict"})
     gw = GatewayProcess(config, workdir / f"gw-w{workers}", nats_url, workers=workers)
     stack.callback(gw.stop)
     gw.start(timeout=60)
@@ -181,42 +158,38 @@ def check_ok(base_url: str, token: str | None) -> None:
     headers = {"content-type": "application/json"}
     if token:
         headers["authorization"] = f"Bearer {token}"
-    r = httpx.post(f"{base_url}/v1/chat/completions", content=CHAT_BODY, headers=headers,
-                   timeout=10)
+    r = httpx.post(
+        f"{base_url}/v1/chat/completions", content=CHAT_BODY, headers=headers, timeout=10
+    )
     if r.status_code != 200 or r.json().get("object") != "chat.completion":
         raise RuntimeError(f"{base_url}: {r.status_code} {r.text[:500]}")
 
 
 # --------------------------------------------------------------------------- measuring
 
-def measure(target: Target, connections: int, duration: float, nats_pid: int) -> Sample:
-    pids = target.pids()
-    cpu0, nats0 = cpu_seconds(pids), cpu_seconds([nats_pid])
-    result, _ = run_wrk(target.url, connections, duration, target.token)
-    pids = target.pids()
-    return Sample(result, cpu_seconds(pids) - cpu0, cpu_seconds([nats_pid]) - nats0,
-                  peak_rss_kib(pids))
 
-
-def run_matrix(matrix: list[Scenario], opts: Options, nats_pid: int) -> None:
+def run_matrix(matrix: list[Scenario], opts: Options, helpers: Helpers) -> None:
     """Warm every scenario up once, then run them interleaved ``opts.runs`` times."""
     for sc in matrix:
         log(f"warm-up  {sc.target.name} c{sc.connections}")
         run_wrk(sc.target.url, sc.connections, opts.warmup, sc.target.token)
     for i in range(opts.runs):
         for sc in matrix:
-            sample = measure(sc.target, sc.connections, opts.duration, nats_pid)
+            sample = measure(sc.target, sc.connections, opts.duration, helpers)
             sc.samples.append(sample)
             w = sample.wrk
-            log(f"run {i + 1}/{opts.runs} {sc.target.name:<28} c{sc.connections:<3} "
+            log(
+                f"run {i + 1}/{opts.runs} {sc.target.name:<28} c{sc.connections:<3} "
                 f"{w.rps:9.0f} req/s  p50 {w.p50_ms:.3f} ms  p99 {w.p99_ms:.3f} ms  "
-                f"non-2xx {w.non_2xx}  sock-err {w.socket_errors}")
+                f"non-2xx {w.non_2xx}  sock-err {w.socket_errors}"
+            )
 
 
 def added_p50(direct: Scenario, gateway: Scenario) -> list[float]:
     """Per run: gateway p50 − direct p50 (same run, interleaved)."""
-    return [g.wrk.p50_ms - d.wrk.p50_ms for d, g in zip(direct.samples, gateway.samples,
-                                                          strict=True)]
+    return [
+        g.wrk.p50_ms - d.wrk.p50_ms for d, g in zip(direct.samples, gateway.samples, strict=True)
+    ]
 
 
 def run_micro(results: Results) -> None:
@@ -226,8 +199,9 @@ def run_micro(results: Results) -> None:
             continue
         log(f"micro    {name}")
         try:
-            done = subprocess.run([PY, str(path)], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=300, check=False)
+            done = subprocess.run(
+                [PY, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+            )
             text = done.stdout.rstrip()
             if done.returncode != 0:
                 text += f"\n[exit {done.returncode}]\n{done.stderr.strip()[-2000:]}"
@@ -238,8 +212,10 @@ def run_micro(results: Results) -> None:
 
 # --------------------------------------------------------------------------- the run
 
+
 def bench(opts: Options, stack: contextlib.ExitStack, tmp: Path) -> Results:
     results = Results()
+    results.note_load()
     up_port = free_port()
     up_args = ["--chunks", str(opts.chunks), "--chunk-delay-ms", str(opts.chunk_delay_ms)]
     upstream = start_server(stack, "bench.upstream", up_args, tmp, up_port)
@@ -248,7 +224,7 @@ def bench(opts: Options, stack: contextlib.ExitStack, tmp: Path) -> Results:
     stack.callback(nats.stop)
     nats.start()
     assert nats.proc is not None
-    nats_pid = nats.proc.pid
+    helpers = Helpers(nats.proc.pid, upstream.pid)
     issuer = Issuer(tmp / "issuer")
     full = issuer.token("bench", budget_tokens=10**12, rpm=10**9, tpm=10**12)
     plain = issuer.token("bench-plain")
@@ -260,46 +236,56 @@ def bench(opts: Options, stack: contextlib.ExitStack, tmp: Path) -> Results:
     gw_full = Target("gateway w1, full pipeline", gw1.url, full, tree(gw1.proc), 1)
     gw_plain = Target("gateway w1, plain token", gw1.url, plain, gw_full.pids, 1)
     matrix = [Scenario(t, c) for c in (1, 32) for t in (direct, gw_full, gw_plain)]
-    run_matrix(matrix, opts, nats_pid)
+    run_matrix(matrix, opts, helpers)
     results.scenarios += matrix
     results.added_p50_ms["full pipeline"] = added_p50(matrix[0], matrix[1])
     results.added_p50_ms["plain token"] = added_p50(matrix[0], matrix[2])
 
-    log(f"streams  {opts.stream_requests} x direct, gateway (concurrency "
-        f"{opts.stream_concurrency})")
+    log(
+        f"streams  {opts.stream_requests} x direct, gateway (concurrency {opts.stream_concurrency})"
+    )
     results.streams["direct (upstream only)"] = run_streams(
-        up_url, None, opts.stream_requests, opts.stream_concurrency)
+        up_url, None, opts.stream_requests, opts.stream_concurrency
+    )
     results.streams["gateway w1, full pipeline"] = run_streams(
-        gw1.url, full, opts.stream_requests, opts.stream_concurrency)
+        gw1.url, full, opts.stream_requests, opts.stream_concurrency
+    )
     for name, s in results.streams.items():
-        log(f"         {name:<28} TTFT p50 {s.ttft_p50_ms:.3f} ms p99 {s.ttft_p99_ms:.3f} ms "
-            f"{s.chunks_per_s:9.0f} chunks/s failed {s.failed}")
+        log(
+            f"         {name:<28} TTFT p50 {s.ttft_p50_ms:.3f} ms p99 {s.ttft_p99_ms:.3f} ms "
+            f"{s.chunks_per_s:9.0f} chunks/s failed {s.failed}"
+        )
 
     if opts.scaling:
         gw1.stop()
         for workers in (2, 4):
             gw = start_gateway(stack, tmp, up_url, nats.url, issuer, workers)
             check_ok(gw.url, full)
-            target = Target(f"gateway w{workers}, full pipeline", gw.url, full, tree(gw.proc),
-                            workers)
+            target = Target(
+                f"gateway w{workers}, full pipeline", gw.url, full, tree(gw.proc), workers
+            )
             scaling = [Scenario(target, 32)]
-            run_matrix(scaling, opts, nats_pid)
+            run_matrix(scaling, opts, helpers)
             results.scenarios += scaling
             gw.stop()
 
     if opts.httpx_baseline:
         baselines = []
-        for module, label in (("bench.baseline_httpx", "baseline Starlette + httpx"),
-                              ("bench.baseline_aiohttp", "baseline Starlette + aiohttp")):
+        for module, label in (
+            ("bench.baseline_httpx", "baseline Starlette + httpx"),
+            ("bench.baseline_aiohttp", "baseline Starlette + aiohttp"),
+        ):
             port = free_port()
             proc = start_server(stack, module, ["--upstream", up_url], tmp, port)
-            baselines.append(Scenario(Target(label, f"http://127.0.0.1:{port}", None,
-                                             tree(proc)), 32))
-        run_matrix(baselines, opts, nats_pid)
+            baselines.append(
+                Scenario(Target(label, f"http://127.0.0.1:{port}", None, tree(proc)), 32)
+            )
+        run_matrix(baselines, opts, helpers)
         results.scenarios += baselines
 
     if opts.micro:
         run_micro(results)
+    results.note_load()
     results.wall_s = time.time() - results.started
     return results
 
@@ -309,15 +295,19 @@ def log(msg: str) -> None:
 
 
 def parse_args(argv: list[str]) -> Options:
-    p = argparse.ArgumentParser(prog="python -m bench.run",
-                                description="Gateway vs direct-upstream benchmarks.")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run", description="Gateway vs direct-upstream benchmarks."
+    )
     p.add_argument("--runs", type=int, default=3, help="runs per scenario (median reported)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per scenario")
     p.add_argument("--quick", action="store_true", help="smoke: 1 run x 3 s, 50 streams")
     p.add_argument("--scaling", action="store_true", help="also gateway with 2 and 4 workers")
-    p.add_argument("--httpx-baseline", action="store_true",
-                   help="also bare Starlette pass-throughs with httpx and with aiohttp")
+    p.add_argument(
+        "--httpx-baseline",
+        action="store_true",
+        help="also bare Starlette pass-throughs with httpx and with aiohttp",
+    )
     p.add_argument("--stream-requests", type=int, default=200)
     p.add_argument("--stream-concurrency", type=int, default=8)
     p.add_argument("--chunks", type=int, default=20, help="content chunks per upstream stream")
@@ -331,9 +321,21 @@ def parse_args(argv: list[str]) -> Options:
         a.stream_requests = min(a.stream_requests, 50)
     if a.runs < 1 or a.duration < 1 or a.duration > 120:
         p.error("--runs must be >= 1 and --duration between 1 and 120 s")
-    return Options(a.runs, a.duration, a.warmup, a.quick, a.scaling, a.httpx_baseline,
-                   a.stream_requests, a.stream_concurrency, a.chunks, a.chunk_delay_ms,
-                   None if a.no_write else a.output, not a.no_micro, tuple(argv))
+    return Options(
+        a.runs,
+        a.duration,
+        a.warmup,
+        a.quick,
+        a.scaling,
+        a.httpx_baseline,
+        a.stream_requests,
+        a.stream_concurrency,
+        a.chunks,
+        a.chunk_delay_ms,
+        None if a.no_write else a.output,
+        not a.no_micro,
+        tuple(argv),
+    )
 
 
 def _raise_interrupt(signum: int, _: Any) -> NoReturn:
@@ -351,8 +353,11 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
-    with (_sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="gk-bench-") as tmp,
-          contextlib.ExitStack() as stack):
+    with (
+        _sigterm_as_interrupt(),
+        tempfile.TemporaryDirectory(prefix="gk-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         try:
             results = bench(opts, stack, Path(tmp))
         except KeyboardInterrupt:

@@ -228,7 +228,7 @@ def _dechunk(buf: bytearray, start: int) -> tuple[bytes, int] | None:
 
 
 class UpstreamProtocol(asyncio.Protocol):
-    __slots__ = ("_buf", "_busy", "_closing", "replies", "transport")
+    __slots__ = ("_buf", "_busy", "_closing", "_stream", "replies", "transport")
 
     def __init__(self, replies: Replies) -> None:
         self.replies = replies
@@ -236,6 +236,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self._buf = bytearray()
         self._busy = False  # a delayed stream is being written
         self._closing = False
+        self._stream: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -306,7 +307,7 @@ class UpstreamProtocol(asyncio.Protocol):
                 transport.write(r.stream_all)
             else:
                 self._busy = True
-                asyncio.ensure_future(self._paced_stream())
+                self._stream = asyncio.ensure_future(self._paced_stream())
         elif line.startswith(b"POST /v1/embeddings"):
             transport.write(r.embeddings)
         elif line.startswith(b"GET /health"):

@@ -20,6 +20,7 @@ from gatekeeper.auth.claims import Claims
 from gatekeeper.budget.decide import crossed_thresholds, ratelimit_headers
 from gatekeeper.budget.ledger import BudgetLedger, Reservation
 from gatekeeper.budget.windows import counter_id, seconds_to_reset, window_id
+from gatekeeper.errors import BudgetExceeded
 from gatekeeper.pipeline import Exchange
 from gatekeeper.routing.router import estimate_tokens
 from gatekeeper.validate import ChatRequest
@@ -97,6 +98,10 @@ class LedgerAdmission:
         self.default_max_tokens = default_max_tokens
         self.alerts = alerts
         self.clock = clock
+        # Per budget counter: the highest usage this node has checked the alert lines
+        # against. Set at its first admission here, so a restarted node does not report
+        # again the lines that were passed before it started.
+        self._alert_checked: dict[str, int] = {}
 
     def admit(self, ex: Exchange, req: ChatRequest | None) -> Ticket | None:
         claims = ex.claims
@@ -115,7 +120,14 @@ class LedgerAdmission:
         if "usd" in ids:
             worst = model.cost_usd(prompt, completion) if model is not None else 0.0
             amounts[ids["usd"]] = math.ceil(worst * MICRO)
-        reservation = self.ledger.reserve(amounts, limits, now)
+        for kind in ("tok", "usd"):
+            if kind in ids:
+                self._alert_checked.setdefault(ids[kind], self._committed(ids[kind]))
+        try:
+            reservation = self.ledger.reserve(amounts, limits, now)
+        except BudgetExceeded:
+            self._alert(claims.sub, ids, limits)  # gossip may have pushed it past a line
+            raise
         self.on_change()
         return Ticket(reservation, limits, ids, est)
 
@@ -132,21 +144,35 @@ class LedgerAdmission:
             cid: {"req": 1, "tpm": used, "tok": used, "usd": cost}[kind]
             for kind, cid in ticket.ids.items()
         }
-        before = {
-            k: self.ledger.value(ticket.ids[k]) - self.ledger.held(ticket.ids[k])
-            for k in ("tok", "usd")
-            if k in ticket.ids
-        }
         self.ledger.settle(ticket.reservation, actual)
         self.on_change()
-        if self.alerts is None or ex.claims is None:
+        if ex.claims is not None:
+            self._alert(ex.claims.sub, ticket.ids, ticket.limits)
+
+    def _committed(self, cid: str) -> int:
+        return self.ledger.value(cid) - self.ledger.held(cid)
+
+    def _alert(self, key_id: str, ids: dict[str, str], limits: dict[str, int]) -> None:
+        """Report each alert line once per node, when this node first sees usage past it.
+
+        Usage may pass a line by this node's settle or by a peer's gossip (then no
+        settle here crosses it), so the lines are checked between the highest usage
+        already checked and now. Every node that sees a line reports it;
+        ``Nats-Msg-Id`` makes BH_ALERTS keep one message per counter and line.
+        """
+        if self.alerts is None:
             return
-        for kind, prior in before.items():
-            cid = ticket.ids[kind]
-            limit = ticket.limits[cid]
-            after = self.ledger.value(cid) - self.ledger.held(cid)
-            for threshold in crossed_thresholds(prior, after, limit):
-                self.alerts.budget_alert(ex.claims.sub, cid, threshold, after, limit)
+        for kind in ("tok", "usd"):
+            cid = ids.get(kind)
+            if cid is None:
+                continue
+            now_used = self._committed(cid)
+            checked = self._alert_checked.get(cid, now_used)
+            if now_used <= checked:
+                continue
+            self._alert_checked[cid] = now_used
+            for threshold in crossed_thresholds(checked, now_used, limits[cid]):
+                self.alerts.budget_alert(key_id, cid, threshold, now_used, limits[cid])
 
     def usage(self, claims: Claims) -> dict[str, dict[str, int]]:
         """This node's merged view of a key's counters (for ``GET /v1/gatekeeper/usage``)."""

@@ -12,6 +12,9 @@
   resurrection after SIGKILL), and the watcher merges every other node's slots.
 * NATS unreachable: the ledger keeps enforcing with its last merged view plus its
   own increments; unacked slots are re-put when NATS returns and peers converge.
+  After a reconnect the watcher is replaced at once: a restarted server has lost
+  its consumer, which nats-py would otherwise only notice after two missed
+  heartbeats (10 s and more).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class Gossip:
         self.last_merge = 0.0
         self._flush_scheduled = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._watcher: KeyValue.KeyWatcher | None = None
+        self._watch_reconnects = 0  # the client's reconnect count when it was created
 
     # ------------------------------------------------------------------ start
 
@@ -120,6 +125,7 @@ class Gossip:
     async def _put_forever(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
+            await self._rewatch_after_reconnect()
             self._collect()
             if not self.unacked or not self.nc.is_connected:
                 continue
@@ -133,13 +139,28 @@ class Gossip:
     async def _watch_forever(self) -> None:
         while True:
             try:
-                watcher = await self.kv.watchall(ignore_deletes=True)
-                async for entry in watcher:
+                self._watch_reconnects = self.nc.stats["reconnects"]
+                watcher = self._watcher = await self.kv.watchall(ignore_deletes=True)
+                async for entry in watcher:  # ends when _rewatch_after_reconnect stops it
                     if entry is not None and entry.value:
                         self._merge(entry.key, entry.value)
             except (NatsError, TimeoutError, OSError) as exc:
                 log.debug("gossip.watch_restart", error=type(exc).__name__)
                 await asyncio.sleep(0.5)
+
+    async def _rewatch_after_reconnect(self) -> None:
+        """Stop a watcher older than the last reconnect; the watch loop starts a new one."""
+        watcher = self._watcher
+        if (
+            watcher is None
+            or not self.nc.is_connected
+            or self.nc.stats["reconnects"] == self._watch_reconnects
+        ):
+            return
+        self._watcher = None
+        log.info("gossip.rewatch", reconnects=self.nc.stats["reconnects"])
+        with contextlib.suppress(NatsError, TimeoutError, OSError):
+            await watcher.stop()
 
     def _merge(self, key: str, value: bytes) -> None:
         parsed = split_key(key)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Protocol
 
 import aiohttp
 
@@ -126,3 +127,71 @@ async def close_quietly(resp: aiohttp.ClientResponse | None) -> None:
     if resp is not None:
         resp.close()
         await asyncio.sleep(0)
+
+
+ErrorReader = Callable[[int, bytes], tuple[str, str | None, str | None]]
+"""(status, body) → (message, code, param) in the upstream's own error format."""
+
+
+async def post(session: aiohttp.ClientSession, url: str, payload: bytes,
+               headers: dict[str, str], *, provider: str, first_byte_s: float,
+               read_error: ErrorReader) -> aiohttp.ClientResponse:
+    """POST and wait for the status line (bounded); a non-2xx becomes a ProviderError."""
+    async with asyncio.timeout(first_byte_s):
+        resp = await session.post(url, data=payload, headers=headers)
+    if resp.status >= 400:
+        raw = await resp.read()
+        resp.release()
+        reason, code, param = read_error(resp.status, raw)
+        raise status_error(provider, resp.status, reason, resp.headers.get("retry-after"),
+                           code=code, param=param)
+    return resp
+
+
+class Translate(Protocol):
+    """Turns upstream stream bytes into OpenAI SSE bytes; knows when the stream ended."""
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+
+async def open_stream(resp: aiohttp.ClientResponse, tr: Translate, *, provider: str,
+                      first_byte_s: float) -> tuple[bytes, AsyncIterator[bytes]]:
+    """Read up to the first forwardable bytes (bounded), then hand back the rest lazily.
+
+    Failing before the first bytes is failover-able; after it, ``rest`` raises
+    ``StreamInterrupted`` if the upstream ends without finishing.
+    """
+    try:
+        async with asyncio.timeout(first_byte_s):
+            while True:
+                data = await resp.content.readany()
+                if not data:
+                    raise StreamInterrupted(f"{provider}: stream ended before any chunk",
+                                            provider=provider)
+                first = tr.feed(data)
+                if first or tr.finished:
+                    break
+    except BaseException:
+        resp.close()
+        raise
+
+    async def rest() -> AsyncIterator[bytes]:
+        try:
+            with mapped_errors(provider, streaming=True):
+                while not tr.finished:
+                    data = await resp.content.readany()
+                    if not data:
+                        break
+                    out = tr.feed(data)
+                    if out:
+                        yield out
+            if not tr.finished:
+                raise StreamInterrupted(f"{provider}: the upstream ended the stream early",
+                                        provider=provider)
+        finally:
+            resp.close()
+
+    return first, rest()

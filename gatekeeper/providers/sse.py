@@ -62,8 +62,8 @@ class OpenAIStreamFilter:
         return self.include_usage or bool(obj.get("choices"))
 
     @property
-    def pending(self) -> bytes:
-        return self._buf
+    def finished(self) -> bool:
+        return self.state.completed
 
 
 def error_event(err: GatewayError) -> bytes:

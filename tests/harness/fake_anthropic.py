@@ -142,22 +142,25 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-def stream_events(
-    body: dict[str, Any], b: Behavior
-) -> tuple[list[bytes], list[bytes], list[bytes]]:
-    """(head, deltas, tail): the documented event sequence, split where deltas pace."""
-    message = _message(body, b)
+def _opening_block(
+    message: dict[str, Any], b: Behavior
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The first block as content_block_start shows it, and the deltas that fill it."""
     block = dict(message["content"][0])
     if block["type"] == "tool_use":
-        pieces, kind, field = (
-            _pieces(orjson.dumps(block["input"]).decode(), b.chunks),
-            "input_json_delta",
-            "partial_json",
-        )
+        pieces = _pieces(orjson.dumps(block.pop("input")).decode(), b.chunks)
         block["input"] = {}
-    else:
-        pieces, kind, field = _pieces(b.text, b.chunks), "text_delta", "text"
-        block["text"] = ""
+        return block, [{"type": "input_json_delta", "partial_json": p} for p in pieces]
+    block["text"] = ""
+    return block, [{"type": "text_delta", "text": p} for p in _pieces(b.text, b.chunks)]
+
+
+def event_sequence(
+    body: dict[str, Any], b: Behavior
+) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """(head, deltas, tail): Anthropic's documented stream, split where deltas are paced."""
+    message = _message(body, b)
+    block, deltas = _opening_block(message, b)
     start = {**message, "content": [], "stop_reason": None}
     start["usage"] = {"input_tokens": b.prompt_tokens, "output_tokens": 1}
     head = [
@@ -168,27 +171,18 @@ def stream_events(
         ),
         _event("ping", {"type": "ping"}),
     ]
-    deltas = [
-        _event(
-            "content_block_delta",
-            {"type": "content_block_delta", "index": 0, "delta": {"type": kind, field: piece}},
-        )
-        for piece in pieces
+    middle = [
+        _event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d})
+        for d in deltas
     ]
-    stop_delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+    stop = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+    usage = {"output_tokens": b.completion_tokens}
     tail = [
         _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        _event(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": stop_delta,
-                "usage": {"output_tokens": b.completion_tokens},
-            },
-        ),
+        _event("message_delta", {"type": "message_delta", "delta": stop, "usage": usage}),
         _event("message_stop", {"type": "message_stop"}),
     ]
-    return head, deltas, tail
+    return head, middle, tail
 
 
 class FakeAnthropic:
@@ -223,13 +217,18 @@ class FakeAnthropic:
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-anthropic")
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._boot(sock), self._loop).result(10)
+        try:
+            asyncio.run_coroutine_threadsafe(self._boot(sock), self._loop).result(10)
+        except BaseException:
+            self.stop()
+            sock.close()
+            raise
         return self
 
     async def _boot(self, sock: socket.socket) -> None:
         assert self._runner is not None
         await self._runner.setup()
-        await web.SockSite(self._runner, sock, shutdown_timeout=0.5).start()
+        await web.SockSite(self._runner, sock).start()
 
     def stop(self) -> None:
         if self._loop is None or self._thread is None or self._runner is None:
@@ -284,7 +283,7 @@ class FakeAnthropic:
     async def _stream(
         self, request: web.Request, body: dict[str, Any], b: Behavior, extra: dict[str, str]
     ) -> web.StreamResponse:
-        head, deltas, tail = stream_events(body, b)
+        head, deltas, tail = event_sequence(body, b)
         resp = web.StreamResponse(
             headers={
                 **extra,

@@ -133,6 +133,10 @@ class FakeOpenAI:
             return b"data: " + orjson.dumps(obj) + b"\n\n"
 
         try:
+            if b.cut_after_chunks == 0:  # headers sent, then nothing: cut before the first byte
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
             await resp.write(
                 event(
                     [

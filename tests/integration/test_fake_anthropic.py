@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
@@ -59,7 +59,7 @@ async def post(
     payload = orjson.dumps(BODY if body is None else body)
     url = f"{fake.url}/v1/messages"
     async with http.post(url, data=payload, headers=HEADERS if headers is None else headers) as r:
-        return r.status, dict(r.headers), await r.read()
+        return r.status, {k.lower(): v for k, v in r.headers.items()}, await r.read()
 
 
 async def stream_events(
@@ -134,7 +134,7 @@ class TestFakeAnthropicMessages:
         fake.script.push(Behavior(text="Hi there", prompt_tokens=11, completion_tokens=3))
         status, headers, raw = await post(http, fake)
         assert status == 200
-        assert headers["Content-Type"].startswith("application/json")
+        assert headers["content-type"].startswith("application/json")
         message = orjson.loads(raw)
         assert message["id"].startswith("msg_")
         assert message == {
@@ -191,7 +191,7 @@ class TestFakeAnthropicMessages:
         fake.script.push(Behavior(status=status, error_message="nope"))
         got, headers, raw = await post(http, fake)
         assert got == status
-        assert "retry-after" not in {h.lower() for h in headers}
+        assert "retry-after" not in headers
         error = orjson.loads(raw)
         assert (error["type"], error["error"]) == ("error", {"type": kind, "message": "nope"})
 
@@ -294,8 +294,23 @@ class TestFakeAnthropicStream:
         )
         await resp.content.readany()
         resp.close()
-        deadline = time.monotonic() + 5
-        while fake.script.disconnects == 0 and time.monotonic() < deadline:
+        for _ in range(250):  # the fake notices at its next write
+            if fake.script.disconnects:
+                break
+            await asyncio.sleep(0.02)
+        assert fake.script.disconnects == 1
+
+    async def test_client_gone_during_first_byte_delay_is_recorded(
+        self, fake: FakeAnthropic
+    ) -> None:
+        """A client that times out before the first byte also counts as a disconnect."""
+        fake.script.push(Behavior(first_byte_delay=0.5))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.1)) as http:
+            with pytest.raises(asyncio.TimeoutError):
+                await post(http, fake)
+        for _ in range(100):  # the fake notices when its delay ends
+            if fake.script.disconnects:
+                break
             await asyncio.sleep(0.02)
         assert fake.script.disconnects == 1
 
@@ -303,7 +318,7 @@ class TestFakeAnthropicStream:
 class TestTranslationAgainstFake:
     """The pure translation round-trips through the fake's real wire output."""
 
-    OPENAI_BODY: dict[str, Any] = {
+    OPENAI_BODY: ClassVar[dict[str, Any]] = {
         "model": "gpt-4o",
         "messages": [
             {"role": "system", "content": "Be brief."},

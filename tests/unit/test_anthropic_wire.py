@@ -8,10 +8,9 @@ import orjson
 import pytest
 
 from gatekeeper.errors import InvalidRequest, ProviderError, StreamInterrupted
+from gatekeeper.providers.anthropic_stream import SSEParser, StreamTranslator
 from gatekeeper.providers.anthropic_wire import (
     ANTHROPIC_VERSION,
-    SSEParser,
-    StreamTranslator,
     TokenUsage,
     anthropic_headers,
     error_from_anthropic,
@@ -692,7 +691,7 @@ class TestSSEParser:
     def test_comments_multiline_data_and_defaults(self) -> None:
         """Comments are skipped, data lines join with \\n, no event line means "message"."""
         parser = SSEParser()
-        raw = b": keep-alive\n\ndata: line one\ndata:line two\nid: 7\n\nevent: empty\n\n"
+        raw = b": keep-alive\n\ndata: line one\ndata:line two\nid: 7\n\nevent: empty\ndata:\n\n"
         assert parser.feed(raw) == [("message", b"line one\nline two")]
 
     def test_leading_bom_is_ignored(self) -> None:

@@ -1,0 +1,312 @@
+"""The generated section of BENCHMARKS.md: facts about the run, tables, bars.
+
+``write_section`` replaces only the text between ``<!-- bench:start -->`` and
+``<!-- bench:end -->``; anything else in the file (notes, profiles) is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench.loadgen import CHAT_BODY, Scenario, StreamResult, wrk_version
+
+if TYPE_CHECKING:
+    from bench.run import Options
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@dataclass(slots=True)
+class Results:
+    scenarios: list[Scenario] = field(default_factory=list)
+    added_p50_ms: dict[str, list[float]] = field(default_factory=dict)
+    streams: dict[str, StreamResult] = field(default_factory=dict)
+    micro: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    wall_s: float = 0.0
+    loadavg: list[str] = field(default_factory=list)  # /proc/loadavg at start and end
+
+    def note_load(self) -> None:
+        with contextlib.suppress(OSError):
+            self.loadavg.append(" ".join(Path("/proc/loadavg").read_text().split()[:3]))
+
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+BAR_RPS_PER_WORKER = 4000.0
+BAR_ADDED_P50_MS = 0.4
+
+
+def _cmd(args: list[str]) -> str:
+    try:
+        done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return (done.stdout or done.stderr).strip().splitlines()[0] if done.returncode == 0 else "?"
+
+
+def machine() -> str:
+    model, mem_kib = "?", 0
+    with contextlib.suppress(OSError):
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next(
+            (ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?"
+        )
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        mem_kib = next((int(ln.split()[1]) for ln in meminfo if ln.startswith("MemTotal:")), 0)
+    return (
+        f"{_cmd(['nproc'])} CPUs (`nproc`), {model}, {mem_kib / 2**20:.1f} GiB RAM, "
+        f"Linux {_cmd(['uname', '-r'])}"
+    )
+
+
+def versions() -> str:
+    from importlib.metadata import version
+
+    commit = _cmd(["git", "rev-parse", "--short", "HEAD"])
+    dirty = _cmd(["git", "status", "--porcelain", "--untracked-files=no"]) not in ("", "?")
+    libs = ", ".join(
+        f"{name} {version(name)}"
+        for name in (
+            "uvicorn",
+            "starlette",
+            "uvloop",
+            "httptools",
+            "aiohttp",
+            "httpx",
+            "nats-py",
+            "orjson",
+        )
+    )
+    nats = _cmd([str(Path(PY).parent / "nats-server"), "--version"])
+    return (
+        f"Python {sys.version.split()[0]}; gatekeeper `{commit}`"
+        f"{' + uncommitted changes in tracked files' if dirty else ''}; {wrk_version()}; "
+        f"{nats}; {libs}"
+    )
+
+
+def find(results: Results, name: str, connections: int) -> Scenario | None:
+    return next(
+        (s for s in results.scenarios if s.target.name == name and s.connections == connections),
+        None,
+    )
+
+
+def bars(results: Results) -> list[tuple[str, str, bool]]:
+    out = []
+    gw32 = find(results, "gateway w1, full pipeline", 32)
+    if gw32 is not None:
+        rps = gw32.median(lambda s: s.wrk.rps)
+        clean = all(s.wrk.non_2xx == 0 and s.wrk.socket_errors == 0 for s in gw32.samples)
+        out.append(
+            (
+                f"≥ {BAR_RPS_PER_WORKER:,.0f} req/s per worker at 32 connections "
+                "(gateway, 1 worker, full pipeline, no errors)",
+                f"{rps:,.0f} req/s" + ("" if clean else " (with errors)"),
+                clean and rps >= BAR_RPS_PER_WORKER,
+            )
+        )
+    added = results.added_p50_ms.get("full pipeline")
+    if added:
+        med = statistics.median(added)
+        out.append(
+            (
+                f"p50 added latency ≤ {BAR_ADDED_P50_MS} ms at 1 connection "
+                "(gateway p50 − direct p50, full pipeline)",
+                f"{med:.3f} ms",
+                med <= BAR_ADDED_P50_MS,
+            )
+        )
+    return out
+
+
+def bar_lines(results: Results) -> list[str]:
+    return [f"{'PASS' if ok else 'FAIL'}  {name}: {got}" for name, got, ok in bars(results)]
+
+
+def _scenario_table(results: Results) -> list[str]:
+    rows = [
+        "| Scenario | Conns | req/s | p50 ms | p99 ms | CPU s / 1k req | CPU busy "
+        "| Peak RSS MiB | NATS CPU s / 1k req | non-2xx / socket errors | other load "
+        "| req/s per run |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for sc in results.scenarios:
+        busy = sc.median(lambda s: s.cpu_s / s.wrk.seconds * 100)
+        errors = (
+            sum(s.wrk.non_2xx for s in sc.samples),
+            sum(s.wrk.socket_errors for s in sc.samples),
+        )
+        nats = f"{sc.per_1k(lambda s: s.nats_cpu_s):.3f}" if sc.target.workers else "–"
+        rows.append(
+            f"| {sc.target.name} | {sc.connections} | {sc.median(lambda s: s.wrk.rps):,.0f} "
+            f"| {sc.median(lambda s: s.wrk.p50_ms):.3f} | {sc.median(lambda s: s.wrk.p99_ms):.3f} "
+            f"| {sc.per_1k(lambda s: s.cpu_s):.3f} | {busy:.0f}% "
+            f"| {max(s.rss_kib for s in sc.samples) / 1024:.1f} | {nats} "
+            f"| {errors[0]} / {errors[1]} | {sc.median(lambda s: s.other_load) * 100:.0f}% "
+            f"| {', '.join(f'{s.wrk.rps:,.0f}' for s in sc.samples)} |"
+        )
+    return rows
+
+
+def _extra_tables(results: Results) -> list[str]:
+    out = [
+        "",
+        "### Added p50 latency at 1 connection",
+        "",
+        "Per run: gateway p50 − direct p50, both measured in the same round.",
+        "",
+        "| Token | per run (ms) | median (ms) |",
+        "|---|---|--:|",
+    ]
+    for name, values in results.added_p50_ms.items():
+        out.append(
+            f"| {name} | {', '.join(f'{v:.3f}' for v in values)} "
+            f"| {statistics.median(values):.3f} |"
+        )
+    scaled = [
+        s
+        for s in results.scenarios
+        if s.target.workers and s.connections == 32 and "full" in s.target.name
+    ]
+    if len(scaled) > 1:
+        out += [
+            "",
+            "### Scaling (32 connections, full pipeline)",
+            "",
+            "| Workers | req/s | req/s per worker | p50 ms | p99 ms | CPU s / 1k req |",
+            "|--:|--:|--:|--:|--:|--:|",
+        ]
+        for sc in scaled:
+            rps = sc.median(lambda s: s.wrk.rps)
+            out.append(
+                f"| {sc.target.workers} | {rps:,.0f} | {rps / sc.target.workers:,.0f} "
+                f"| {sc.median(lambda s: s.wrk.p50_ms):.3f} "
+                f"| {sc.median(lambda s: s.wrk.p99_ms):.3f} "
+                f"| {sc.per_1k(lambda s: s.cpu_s):.3f} |"
+            )
+    base = {
+        s.target.name: s.median(lambda x: x.wrk.rps)
+        for s in results.scenarios
+        if s.target.name.startswith("baseline")
+    }
+    if base:
+        hx = base.get("baseline Starlette + httpx", 0)
+        ah = base.get("baseline Starlette + aiohttp", 0)
+        out += [
+            "",
+            "### Upstream client: httpx vs aiohttp (bare Starlette pass-through, "
+            "1 uvicorn worker, 32 connections)",
+            "",
+            f"httpx.AsyncClient {hx:,.0f} req/s, aiohttp.ClientSession {ah:,.0f} req/s: "
+            f"aiohttp is {ah / hx:.2f}× httpx here."
+            if hx
+            else "",
+        ]
+    if results.streams:
+        out += [
+            "",
+            "### Streaming (aiohttp client; TTFT = request sent → first SSE event)",
+            "",
+            "| Target | streams | failed | TTFT p50 ms | TTFT p99 ms | chunks | chunks/s |",
+            "|---|--:|--:|--:|--:|--:|--:|",
+        ]
+        for name, s in results.streams.items():
+            out.append(
+                f"| {name} | {s.requests} | {s.failed} | {s.ttft_p50_ms:.3f} "
+                f"| {s.ttft_p99_ms:.3f} | {s.chunks} | {s.chunks_per_s:,.0f} |"
+            )
+        d, g = (
+            results.streams.get("direct (upstream only)"),
+            results.streams.get("gateway w1, full pipeline"),
+        )
+        if d and g:
+            out += [
+                "",
+                f"Added TTFT p50: {g.ttft_p50_ms - d.ttft_p50_ms:.3f} ms; "
+                f"p99: {g.ttft_p99_ms - d.ttft_p99_ms:.3f} ms.",
+            ]
+    for cmd, text in results.micro.items():
+        out += ["", f"### `{cmd}`", "", "```text", text, "```"]
+    return out
+
+
+def render(results: Results, opts: Options) -> str:
+    """The whole generated section, markers included."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(results.started))
+    cmd = " ".join(("python -m bench.run", *opts.argv))
+    lines = [
+        START,
+        f"## Run of {when}",
+        "",
+        "_Generated by `python -m bench.run`; rerunning replaces everything between "
+        "the `bench:start`/`bench:end` markers._",
+        "",
+    ]
+    if opts.quick:
+        lines += ["**Quick (smoke) run: 1 run × 3 s. Not representative.**", ""]
+    lines += [
+        f"- **Command:** `{cmd}` (took {results.wall_s:.0f} s)",
+        f"- **Machine:** {machine()}; load average (1/5/15 min) before → after: "
+        f"{' → '.join(results.loadavg) or '?'}",
+        f"- **Versions:** {versions()}",
+        f"- **Method:** `wrk -t1 -c<conns> -d{opts.duration:.0f}s --latency -s "
+        f"bench/wrk/chat.lua`, body `{CHAT_BODY}`; {opts.runs} run(s) × "
+        f"{opts.duration:.0f} s per scenario after a {opts.warmup:.0f} s warm-up, "
+        "scenarios interleaved, **median** of runs reported. Upstream: `bench.upstream` "
+        "(raw asyncio protocol on uvloop). Gateway: `python -m gatekeeper serve`, one "
+        "provider of kind `openai`, demo off, audit `strict`, its own nats-server with "
+        "JetStream. *Full pipeline* token: budget 10¹² tokens, rpm 10⁹, tpm 10¹² (auth, "
+        "rate limit, budget, routing, strict audit all run); *plain* token: no limits.",
+        "- **Reading the table:** CPU s / 1k req and peak RSS (VmHWM) are of the server "
+        "process tree under load (the upstream for *direct*, the gateway supervisor + "
+        "workers, the baseline server); CPU busy = its CPU seconds / wall seconds "
+        "(100% = one core). wrk, the upstream, nats-server and the gateway all share "
+        "this machine's CPUs; *other load* = CPU the machine spent on anything else during "
+        "the run (other users' jobs), in cores × 100% — well above 0% means that run was "
+        "disturbed.",
+        "",
+        "### Bars",
+        "",
+        "| Bar | Measured | Result |",
+        "|---|--:|:-:|",
+    ]
+    lines += [
+        f"| {name} | {got} | **{'PASS' if ok else 'FAIL'}** |" for name, got, ok in bars(results)
+    ]
+    lines += [
+        "",
+        "### Throughput and latency",
+        "",
+        *_scenario_table(results),
+        *_extra_tables(results),
+        "",
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the generated section of ``path`` (or add it); keep all other text."""
+    text = (
+        path.read_text()
+        if path.exists()
+        else (
+            "# Benchmarks\n\nHow fast Gatekeeper is next to its upstream. Regenerate with "
+            "`make bench` (`python -m bench.run`); see `bench/run.py` for the options.\n\n"
+        )
+    )
+    start, end = text.find(START), text.find(END)
+    if start >= 0 and end > start:
+        text = text[:start] + section.rstrip("\n") + text[end + len(END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text if text.endswith("\n") else text + "\n")
