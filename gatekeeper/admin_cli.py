@@ -128,8 +128,9 @@ async def untrust(nc: Client, args: argparse.Namespace) -> int:
 async def config_show(nc: Client, args: argparse.Namespace) -> int:
     kv = await _kv(nc)
     entry = await kv.get(MATRIX_KEY)
-    sys.stdout.write(orjson.dumps(orjson.loads(entry.value or b"{}"),
-                                  option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(
+        orjson.dumps(orjson.loads(entry.value or b"{}"), option=orjson.OPT_INDENT_2).decode() + "\n"
+    )
     return 0
 
 
@@ -153,8 +154,10 @@ async def streams(nc: Client, args: argparse.Namespace) -> int:
         print(line)
     for name in ("BH_AUDIT", "BH_EVENTS", "BH_HEALTH", "BH_ALERTS", "BH_SESSIONS"):
         info = await js.stream_info(name)
-        print(f"{name}: {info.state.messages} messages, {info.state.bytes} bytes, "
-              f"subjects {info.config.subjects}")
+        print(
+            f"{name}: {info.state.messages} messages, {info.state.bytes} bytes, "
+            f"subjects {info.config.subjects}"
+        )
     return 0
 
 
@@ -198,7 +201,7 @@ async def audit_verify(nc: Client, args: argparse.Namespace) -> int:
 
 
 async def audit_export(nc: Client, args: argparse.Namespace) -> int:
-    out = open(args.out, "wb") if args.out != "-" else sys.stdout.buffer  # noqa: SIM115
+    out = open(args.out, "wb") if args.out != "-" else sys.stdout.buffer  # noqa: SIM115, ASYNC230
     count = 0
     async for rec in _audit_records(nc, "bh.audit.>", follow=False):
         out.write(orjson.dumps(rec) + b"\n")
@@ -212,10 +215,12 @@ async def audit_export(nc: Client, args: argparse.Namespace) -> int:
 async def audit_tail(nc: Client, args: argparse.Namespace) -> int:
     subject = f"bh.audit.{args.tenant}.>" if args.tenant else "bh.audit.>"
     async for r in _audit_records(nc, subject, follow=args.follow):
-        print(f"{r['ts']} {r['node_id']} {r['tenant']}/{r['key_id']} {r['status']} "
-              f"{r['requested_model']}->{r['served_model'] or '-'} ({r['provider'] or '-'}) "
-              f"tokens={r['total_tokens']} cost=${r['cost_usd']:.6f} {r['latency_ms']:.1f}ms "
-              f"{r['error_code'] or ''}".rstrip())
+        print(
+            f"{r['ts']} {r['node_id']} {r['tenant']}/{r['key_id']} {r['status']} "
+            f"{r['requested_model']}->{r['served_model'] or '-'} ({r['provider'] or '-'}) "
+            f"tokens={r['total_tokens']} cost=${r['cost_usd']:.6f} {r['latency_ms']:.1f}ms "
+            f"{r['error_code'] or ''}".rstrip()
+        )
     return 0
 
 
@@ -228,8 +233,10 @@ def _with_nats(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def add_admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-                      keys: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_admin_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    keys: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
     p = _with_nats(keys.add_parser("revoke", help="revoke an API key (its sub) cluster-wide"))
     p.add_argument("key_id")
     p.add_argument("--reason", default="")
@@ -238,7 +245,8 @@ def add_admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("key_id")
     p.set_defaults(func=_run(unrevoke))
     _with_nats(keys.add_parser("revoked", help="list revoked keys")).set_defaults(
-        func=_run(revoked))
+        func=_run(revoked)
+    )
     p = _with_nats(keys.add_parser("trust", help="trust an issuer public key at run time"))
     p.add_argument("public_key")
     p.set_defaults(func=_run(trust))

@@ -22,13 +22,13 @@ from gatekeeper.routing.matrix import ConfigError, ModelSpec, parse_models
 __all__ = [
     "AuditConfig",
     "AuthConfig",
-    "LimitsConfig",
-    "RoutingConfig",
     "Config",
     "ConfigError",
     "FailoverStep",
+    "LimitsConfig",
     "NatsConfig",
     "ProviderConfig",
+    "RoutingConfig",
     "ServerConfig",
     "Timeouts",
     "load_config",
@@ -193,7 +193,7 @@ class _Section:
         if extra:
             raise ConfigError(f"{self._where(extra[0])}: unknown key")
 
-    def str(self, key: str, default: str, *, required: bool = False) -> str:
+    def text(self, key: str, default: str, *, required: bool = False) -> str:
         v = self.data.get(key, None)
         if v is None:
             if required:
@@ -203,26 +203,26 @@ class _Section:
             raise ConfigError(f"{self._where(key)}: must be a string")
         return str(v)
 
-    def int(self, key: str, default: int, *, minimum: int = 0) -> int:
+    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
         v = _numeric(self.data.get(key, default), int)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ConfigError(f"{self._where(key)}: must be an integer >= {minimum}")
         return v
 
-    def num(self, key: str, default: float, *, positive: bool = True) -> float:
+    def number(self, key: str, default: float, *, positive: bool = True) -> float:
         v = _numeric(self.data.get(key, default), float)
         if isinstance(v, bool) or not isinstance(v, int | float) or (positive and v <= 0):
             raise ConfigError(f"{self._where(key)}: must be a number > 0")
         return float(v)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         v = self.data.get(key, default)
         if not isinstance(v, bool):
             raise ConfigError(f"{self._where(key)}: must be true or false")
         return v
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        v = self.str(key, default)
+        v = self.text(key, default)
         if v not in choices:
             raise ConfigError(f"{self._where(key)}: must be one of {', '.join(choices)}")
         return v
@@ -251,24 +251,24 @@ def _server(data: object) -> ServerConfig:
             "admin_token",
         }
     )
-    port = s.int("port", 8080)
+    port = s.integer("port", 8080)
     if port > 65535:
         raise ConfigError("server.port: must be between 0 and 65535")
     return ServerConfig(
-        host=s.str("host", "127.0.0.1"),
+        host=s.text("host", "127.0.0.1"),
         port=port,
-        workers=s.int("workers", 1, minimum=1),
-        max_body_bytes=s.int("max_body_bytes", 4 * 1024 * 1024, minimum=1024),
-        request_timeout_s=s.num("request_timeout_s", 600.0),
-        shutdown_grace_s=s.num("shutdown_grace_s", 30.0),
-        admin_token=s.str("admin_token", ""),
+        workers=s.integer("workers", 1, minimum=1),
+        max_body_bytes=s.integer("max_body_bytes", 4 * 1024 * 1024, minimum=1024),
+        request_timeout_s=s.number("request_timeout_s", 600.0),
+        shutdown_grace_s=s.number("shutdown_grace_s", 30.0),
+        admin_token=s.text("admin_token", ""),
     )
 
 
 def _nats(data: object) -> NatsConfig:
     s = _Section(data, "nats")
     s.unknown({"url", "store_dir", "connect_timeout_s", "replicas"})
-    url = s.str("url", "embedded") or "embedded"
+    url = s.text("url", "embedded") or "embedded"
     if url != "embedded":
         for i, part in enumerate(url.split(",")):
             _check_url(
@@ -278,9 +278,9 @@ def _nats(data: object) -> NatsConfig:
             )
     return NatsConfig(
         url=url,
-        store_dir=s.str("store_dir", ".gatekeeper/nats"),
-        connect_timeout_s=s.num("connect_timeout_s", 5.0),
-        replicas=s.int("replicas", 1, minimum=1),
+        store_dir=s.text("store_dir", ".gatekeeper/nats"),
+        connect_timeout_s=s.number("connect_timeout_s", 5.0),
+        replicas=s.integer("replicas", 1, minimum=1),
     )
 
 
@@ -288,9 +288,9 @@ def _timeouts(data: object, path: str) -> Timeouts:
     s = _Section(data, path)
     s.unknown({"connect_s", "first_byte_s", "total_s"})
     return Timeouts(
-        connect_s=s.num("connect_s", 5.0),
-        first_byte_s=s.num("first_byte_s", 60.0),
-        total_s=s.num("total_s", 600.0),
+        connect_s=s.number("connect_s", 5.0),
+        first_byte_s=s.number("first_byte_s", 60.0),
+        total_s=s.number("total_s", 600.0),
     )
 
 
@@ -308,11 +308,11 @@ def _provider(data: object, path: str) -> ProviderConfig:
             "headers",
         }
     )
-    name = s.str("name", "", required=True)
+    name = s.text("name", "", required=True)
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
         raise ConfigError(f"{path}.name: lowercase letters, digits, '-' and '_' only")
     kind = s.choice("kind", "openai", PROVIDER_KINDS)
-    base_url = s.str("base_url", "")
+    base_url = s.text("base_url", "")
     if kind != "demo":
         if not base_url:
             raise ConfigError(f"{path}.base_url: required for kind {kind}")
@@ -322,10 +322,10 @@ def _provider(data: object, path: str) -> ProviderConfig:
         name=name,
         kind=kind,
         base_url=base_url,
-        api_key=s.str("api_key", ""),
-        api_key_required=s.bool("api_key_required", True),
+        api_key=s.text("api_key", ""),
+        api_key_required=s.flag("api_key_required", True),
         timeouts=_timeouts(s.data.get("timeouts"), f"{path}.timeouts"),
-        pool_size=s.int("pool_size", 256, minimum=1),
+        pool_size=s.integer("pool_size", 256, minimum=1),
         headers=tuple((str(k), str(v)) for k, v in headers.items()),
     )
 
@@ -343,10 +343,10 @@ def _failover(data: object, providers: set[str]) -> tuple[FailoverStep, ...]:
     for i, item in enumerate(_list(data, "failover_chain")):
         s = _Section(item, f"failover_chain[{i}]")
         s.unknown({"provider", "priority"})
-        name = s.str("provider", "", required=True)
+        name = s.text("provider", "", required=True)
         if name not in providers:
             raise ConfigError(f"failover_chain[{i}].provider: no provider named {name!r}")
-        steps.append(FailoverStep(name, s.int("priority", i + 1, minimum=1)))
+        steps.append(FailoverStep(name, s.integer("priority", i + 1, minimum=1)))
     return tuple(sorted(steps, key=lambda st: st.priority))
 
 
@@ -355,8 +355,8 @@ def _audit(data: object) -> AuditConfig:
     s.unknown({"mode", "spool_dir", "spool_alert_records"})
     return AuditConfig(
         mode=s.choice("mode", "strict", ("strict", "async")),
-        spool_dir=s.str("spool_dir", ".gatekeeper/spool"),
-        spool_alert_records=s.int("spool_alert_records", 10_000, minimum=1),
+        spool_dir=s.text("spool_dir", ".gatekeeper/spool"),
+        spool_alert_records=s.integer("spool_alert_records", 10_000, minimum=1),
     )
 
 
@@ -370,16 +370,16 @@ def _auth(data: object) -> AuthConfig:
         issuers.append(item)
     return AuthConfig(
         issuers=tuple(issuers),
-        leeway_s=s.num("leeway_s", 30.0, positive=False),
-        cache_size=s.int("cache_size", 10_000),
-        dev_issuer_dir=s.str("dev_issuer_dir", ".gatekeeper/keys"),
+        leeway_s=s.number("leeway_s", 30.0, positive=False),
+        cache_size=s.integer("cache_size", 10_000),
+        dev_issuer_dir=s.text("dev_issuer_dir", ".gatekeeper/keys"),
     )
 
 
 def _routing(data: object) -> RoutingConfig:
     s = _Section(data, "routing")
     s.unknown({"default_mode", "quality_threshold"})
-    threshold = s.num("quality_threshold", 0.6, positive=False)
+    threshold = s.number("quality_threshold", 0.6, positive=False)
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError("routing.quality_threshold: must be between 0 and 1")
     return RoutingConfig(
@@ -392,8 +392,8 @@ def _limits(data: object) -> LimitsConfig:
     s = _Section(data, "limits")
     s.unknown({"gossip_interval_ms", "default_max_tokens"})
     return LimitsConfig(
-        gossip_interval_ms=s.int("gossip_interval_ms", 200, minimum=10),
-        default_max_tokens=s.int("default_max_tokens", 1024, minimum=1),
+        gossip_interval_ms=s.integer("gossip_interval_ms", 200, minimum=10),
+        default_max_tokens=s.integer("default_max_tokens", 1024, minimum=1),
     )
 
 
@@ -440,8 +440,8 @@ def parse_config(
         auth=_auth(top.data.get("auth")),
         routing=_routing(top.data.get("routing")),
         limits=_limits(top.data.get("limits")),
-        state_dir=top.str("state_dir", ".gatekeeper"),
-        node_id=top.str("node_id", ""),
+        state_dir=top.text("state_dir", ".gatekeeper"),
+        node_id=top.text("node_id", ""),
         demo=top.choice("demo", "auto", ("auto", "on", "off")),
         source=source,
     )

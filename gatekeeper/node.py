@@ -25,9 +25,9 @@ from gatekeeper.auth.verifier import Keyring, TokenVerifier
 from gatekeeper.budget.admission import LedgerAdmission
 from gatekeeper.budget.gossip import Gossip
 from gatekeeper.budget.ledger import BudgetLedger
+from gatekeeper.bus.config_watch import MATRIX_KEY, ConfigWatcher, LiveConfig
 from gatekeeper.bus.connect import connect
 from gatekeeper.bus.events import EventBus
-from gatekeeper.bus.config_watch import MATRIX_KEY, ConfigWatcher, LiveConfig
 from gatekeeper.bus.streams import BUDGET_BUCKET, CONFIG_BUCKET, ensure_streams
 from gatekeeper.catalog import Catalog
 from gatekeeper.config import Config, ProviderConfig
@@ -99,7 +99,7 @@ class Node:
         pending = list(self.pipeline.background)
         if pending:
             await asyncio.wait(pending, timeout=grace)
-        await self.audit.stop(timeout=min(grace, 10.0))
+        await self.audit.stop(wait_s=min(grace, 10.0))
         await self.gossip.stop()
         await self.watcher.stop()
         await self.pipeline.pool.aclose()
@@ -109,7 +109,7 @@ class Node:
 
 async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: str) -> Node:
     nc = await connect(
-        nats_url, name=f"gatekeeper:{node_id}", timeout=config.nats.connect_timeout_s
+        nats_url, name=f"gatekeeper:{node_id}", connect_timeout_s=config.nats.connect_timeout_s
     )
     js = nc.jetstream()
     for line in await ensure_streams(js, config.nats.replicas):

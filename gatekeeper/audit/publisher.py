@@ -163,15 +163,15 @@ class AuditPublisher:
         log.info("audit.spool_drained", published=self.published)
         return True
 
-    async def flush(self, timeout: float = 10.0) -> None:
+    async def flush(self, wait_s: float = 10.0) -> None:
         """Wait (bounded) until queued and spooled records are published."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_s
         while (self._queue.qsize() or self.spool.depth) and time.monotonic() < deadline:
             self._wake.set()
             await asyncio.sleep(0.05)
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        await self.flush(timeout)
+    async def stop(self, wait_s: float = 10.0) -> None:
+        await self.flush(wait_s)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

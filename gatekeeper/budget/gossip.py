@@ -73,7 +73,7 @@ class Gossip:
                     self.ledger.load_own(parsed[0], PNSlot.from_bytes(entry.value))
                     loaded += 1
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
         return loaded
 
     async def start(self) -> None:
@@ -160,7 +160,7 @@ class Gossip:
         self._watcher = None
         log.info("gossip.rewatch", reconnects=self.nc.stats["reconnects"])
         with contextlib.suppress(NatsError, TimeoutError, OSError):
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _merge(self, key: str, value: bytes) -> None:
         parsed = split_key(key)

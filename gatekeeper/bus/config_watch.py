@@ -134,7 +134,7 @@ class ConfigWatcher:
                 self.live.apply(entry.key, entry.value if entry.operation is None else None)
                 count += 1
         finally:
-            await watcher.stop()
+            await watcher.stop()  # type: ignore[no-untyped-call]
         return count
 
     def start(self) -> None:

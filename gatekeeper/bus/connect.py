@@ -25,7 +25,7 @@ async def connect(
     url: str,
     *,
     name: str,
-    timeout: float = 5.0,
+    connect_timeout_s: float = 5.0,
     on_state: Callable[[str], Awaitable[None]] | None = None,
 ) -> Client:
     """Connect (reconnecting forever afterwards) and verify version and JetStream."""
@@ -46,7 +46,7 @@ async def connect(
         nc = await nats.connect(
             servers=servers,
             name=name,
-            connect_timeout=timeout,
+            connect_timeout=connect_timeout_s,
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
-from nats.js import JetStreamContext
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
 DAY = 86_400.0
@@ -62,7 +62,7 @@ class Retention:
 def desired_streams(replicas: int, keep: Retention = Retention()) -> list[api.StreamConfig]:
     file = api.StorageType.FILE
 
-    def cfg(name: str, subjects: list[str], days: float, **kw: object) -> api.StreamConfig:
+    def cfg(name: str, subjects: list[str], days: float, **kw: Any) -> api.StreamConfig:
         return api.StreamConfig(
             name=name,
             subjects=subjects,
@@ -70,7 +70,7 @@ def desired_streams(replicas: int, keep: Retention = Retention()) -> list[api.St
             num_replicas=replicas,
             max_age=days * DAY if days else None,
             **kw,
-        )  # type: ignore[arg-type]
+        )
 
     return [
         cfg(

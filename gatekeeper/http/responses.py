@@ -28,7 +28,7 @@ def error_response(
 Pump = Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]
 
 
-class SSEResponse:
+class SSEResponse(Response):
     """An ASGI ``text/event-stream`` response driven by a pump coroutine.
 
     The pump is handed a ``write(bytes)`` function. If the client disconnects, the
@@ -38,15 +38,17 @@ class SSEResponse:
 
     def __init__(self, pump: Pump, headers: Mapping[str, str]) -> None:
         self.pump = pump
-        self.headers = [
+        self.status_code = 200
+        self.background = None
+        self.sse_headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
         ]
-        self.headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self.sse_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+        await send({"type": "http.response.start", "status": 200, "headers": self.sse_headers})
 
         async def write(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})

@@ -67,16 +67,24 @@ class AnthropicProvider:
         self._url = f"{cfg.base_url}/v1/messages"
 
     def _payload(self, call: Call, *, stream: bool) -> bytes:
-        body = to_anthropic_request(call.body, call.model.upstream,
-                                    min(DEFAULT_MAX_TOKENS, call.model.max_output_tokens or
-                                        DEFAULT_MAX_TOKENS))
+        body = to_anthropic_request(
+            call.body,
+            call.model.upstream,
+            min(DEFAULT_MAX_TOKENS, call.model.max_output_tokens or DEFAULT_MAX_TOKENS),
+        )
         body["stream"] = stream
         return orjson.dumps(body)
 
     async def _post(self, payload: bytes) -> aiohttp.ClientResponse:
-        return await post(self.session, self._url, payload, self._headers, provider=self.name,
-                          first_byte_s=self.cfg.timeouts.first_byte_s,
-                          read_error=read_anthropic_error)
+        return await post(
+            self.session,
+            self._url,
+            payload,
+            self._headers,
+            provider=self.name,
+            first_byte_s=self.cfg.timeouts.first_byte_s,
+            read_error=read_anthropic_error,
+        )
 
     async def chat(self, call: Call) -> Reply:
         payload = self._payload(call, stream=False)
@@ -87,22 +95,29 @@ class AnthropicProvider:
         try:
             message = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise ProviderError(f"{self.name}: the upstream sent a body that is not JSON",
-                                provider=self.name) from None
-        out = from_anthropic_response(message, call.model.name, f"chatcmpl-{call.request_id}",
-                                      int(time.time()))
+            raise ProviderError(
+                f"{self.name}: the upstream sent a body that is not JSON", provider=self.name
+            ) from None
+        out = from_anthropic_response(
+            message, call.model.name, f"chatcmpl-{call.request_id}", int(time.time())
+        )
         usage = Usage.from_openai(out.get("usage")) or Usage()
         return Reply(orjson.dumps(out), usage)
 
     async def chat_stream(self, call: Call) -> ReplyStream:
         payload = self._payload(call, stream=True)
         state = StreamState()
-        tr = _Translate(StreamTranslator(call.model.name, f"chatcmpl-{call.request_id}",
-                                         int(time.time()), call.include_usage), state)
+        tr = _Translate(
+            StreamTranslator(
+                call.model.name, f"chatcmpl-{call.request_id}", int(time.time()), call.include_usage
+            ),
+            state,
+        )
         with mapped_errors(self.name, streaming=True):
             resp = await self._post(payload)
-            first, rest = await open_stream(resp, tr, provider=self.name,
-                                            first_byte_s=self.cfg.timeouts.first_byte_s)
+            first, rest = await open_stream(
+                resp, tr, provider=self.name, first_byte_s=self.cfg.timeouts.first_byte_s
+            )
 
         async def close() -> None:
             resp.close()
@@ -110,8 +125,9 @@ class AnthropicProvider:
         return ReplyStream(first, rest, state, close)
 
     async def embeddings(self, call: Call) -> Reply:
-        raise ProviderRejected(f"{self.name}: Anthropic has no embeddings API",
-                               provider=self.name, upstream_status=400)
+        raise ProviderRejected(
+            f"{self.name}: Anthropic has no embeddings API", provider=self.name, upstream_status=400
+        )
 
     async def aclose(self) -> None:
         await self.session.close()

@@ -1,7 +1,7 @@
 """Anthropic's streaming events → OpenAI ``chat.completion.chunk`` SSE, incrementally (pure).
 
-    SSEParser         raw upstream bytes       → ``(event, data)`` pairs
-    StreamTranslator  one Anthropic SSE event  → OpenAI chunk lines (never ``[DONE]``)
+SSEParser         raw upstream bytes       → ``(event, data)`` pairs
+StreamTranslator  one Anthropic SSE event  → OpenAI chunk lines (never ``[DONE]``)
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def next_backoff(
     """Exponential backoff with full jitter; an upstream's Retry-After wins, up to a cap."""
     if retry_after is not None:
         return min(retry_after, policy.retry_after_cap_s)
-    ceiling = min(policy.backoff_cap_s, policy.backoff_base_s * (2 ** max(0, attempt - 1)))
+    ceiling = min(policy.backoff_cap_s, policy.backoff_base_s * (2.0 ** max(0, attempt - 1)))
     return ceiling * (random.random() if rand is None else rand)
 
 

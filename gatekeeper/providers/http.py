@@ -133,9 +133,16 @@ ErrorReader = Callable[[int, bytes], tuple[str, str | None, str | None]]
 """(status, body) → (message, code, param) in the upstream's own error format."""
 
 
-async def post(session: aiohttp.ClientSession, url: str, payload: bytes,
-               headers: dict[str, str], *, provider: str, first_byte_s: float,
-               read_error: ErrorReader) -> aiohttp.ClientResponse:
+async def post(
+    session: aiohttp.ClientSession,
+    url: str,
+    payload: bytes,
+    headers: dict[str, str],
+    *,
+    provider: str,
+    first_byte_s: float,
+    read_error: ErrorReader,
+) -> aiohttp.ClientResponse:
     """POST and wait for the status line (bounded); a non-2xx becomes a ProviderError."""
     async with asyncio.timeout(first_byte_s):
         resp = await session.post(url, data=payload, headers=headers)
@@ -143,8 +150,9 @@ async def post(session: aiohttp.ClientSession, url: str, payload: bytes,
         raw = await resp.read()
         resp.release()
         reason, code, param = read_error(resp.status, raw)
-        raise status_error(provider, resp.status, reason, resp.headers.get("retry-after"),
-                           code=code, param=param)
+        raise status_error(
+            provider, resp.status, reason, resp.headers.get("retry-after"), code=code, param=param
+        )
     return resp
 
 
@@ -157,8 +165,9 @@ class Translate(Protocol):
     def finished(self) -> bool: ...
 
 
-async def open_stream(resp: aiohttp.ClientResponse, tr: Translate, *, provider: str,
-                      first_byte_s: float) -> tuple[bytes, AsyncIterator[bytes]]:
+async def open_stream(
+    resp: aiohttp.ClientResponse, tr: Translate, *, provider: str, first_byte_s: float
+) -> tuple[bytes, AsyncIterator[bytes]]:
     """Read up to the first forwardable bytes (bounded), then hand back the rest lazily.
 
     Failing before the first bytes is failover-able; after it, ``rest`` raises
@@ -169,8 +178,9 @@ async def open_stream(resp: aiohttp.ClientResponse, tr: Translate, *, provider: 
             while True:
                 data = await resp.content.readany()
                 if not data:
-                    raise StreamInterrupted(f"{provider}: stream ended before any chunk",
-                                            provider=provider)
+                    raise StreamInterrupted(
+                        f"{provider}: stream ended before any chunk", provider=provider
+                    )
                 first = tr.feed(data)
                 if first or tr.finished:
                     break
@@ -189,8 +199,9 @@ async def open_stream(resp: aiohttp.ClientResponse, tr: Translate, *, provider: 
                     if out:
                         yield out
             if not tr.finished:
-                raise StreamInterrupted(f"{provider}: the upstream ended the stream early",
-                                        provider=provider)
+                raise StreamInterrupted(
+                    f"{provider}: the upstream ended the stream early", provider=provider
+                )
         finally:
             resp.close()
 

@@ -47,10 +47,15 @@ class OpenAIProvider:
         self._emb_url = f"{cfg.base_url}/embeddings"
 
     async def _post(self, url: str, payload: bytes, call: Call) -> aiohttp.ClientResponse:
-        return await post(self.session, url, payload,
-                          {**self._headers, "x-request-id": call.request_id},
-                          provider=self.name, first_byte_s=self.cfg.timeouts.first_byte_s,
-                          read_error=read_openai_error)
+        return await post(
+            self.session,
+            url,
+            payload,
+            {**self._headers, "x-request-id": call.request_id},
+            provider=self.name,
+            first_byte_s=self.cfg.timeouts.first_byte_s,
+            read_error=read_openai_error,
+        )
 
     async def _unary(self, url: str, call: Call) -> Reply:
         with mapped_errors(self.name):
@@ -60,8 +65,9 @@ class OpenAIProvider:
         try:
             usage = Usage.from_openai(orjson.loads(raw).get("usage"))
         except (orjson.JSONDecodeError, AttributeError):
-            raise ProviderError(f"{self.name}: the upstream sent a body that is not JSON",
-                                provider=self.name) from None
+            raise ProviderError(
+                f"{self.name}: the upstream sent a body that is not JSON", provider=self.name
+            ) from None
         return Reply(raw, usage or Usage())
 
     async def chat(self, call: Call) -> Reply:
@@ -75,8 +81,9 @@ class OpenAIProvider:
         filt = OpenAIStreamFilter(state, include_usage=call.include_usage)
         with mapped_errors(self.name, streaming=True):
             resp = await self._post(self._chat_url, upstream_body(call, stream=True), call)
-            first, rest = await open_stream(resp, filt, provider=self.name,
-                                            first_byte_s=self.cfg.timeouts.first_byte_s)
+            first, rest = await open_stream(
+                resp, filt, provider=self.name, first_byte_s=self.cfg.timeouts.first_byte_s
+            )
 
         async def close() -> None:
             resp.close()
