@@ -25,6 +25,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "FailoverStep",
+    "HealthConfig",
     "LimitsConfig",
     "NatsConfig",
     "ProviderConfig",
@@ -121,6 +122,14 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    window_s: float = 60.0  # sliding window of latency/error samples per provider and model
+    publish_interval_s: float = 5.0  # how often a node publishes to BH_HEALTH
+    sla_p99_ms: float = 30_000.0  # p99 latency above this raises an SLA alert
+    sla_error_rate: float = 0.25  # error rate above this raises an SLA alert
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     nats: NatsConfig = field(default_factory=NatsConfig)
@@ -131,6 +140,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     state_dir: str = ".gatekeeper"
     node_id: str = ""
     demo: str = "auto"  # auto: enable the demo provider when no real provider has a key
@@ -397,6 +407,20 @@ def _limits(data: object) -> LimitsConfig:
     )
 
 
+def _health(data: object) -> HealthConfig:
+    s = _Section(data, "health")
+    s.unknown({"window_s", "publish_interval_s", "sla_p99_ms", "sla_error_rate"})
+    rate = s.number("sla_error_rate", 0.25)
+    if rate > 1:
+        raise ConfigError("health.sla_error_rate: must be between 0 and 1")
+    return HealthConfig(
+        window_s=s.number("window_s", 60.0),
+        publish_interval_s=s.number("publish_interval_s", 5.0),
+        sla_p99_ms=s.number("sla_p99_ms", 30_000.0),
+        sla_error_rate=rate,
+    )
+
+
 def parse_config(
     raw: object, *, env: Mapping[str, str] | None = None, source: str = "<memory>"
 ) -> Config:
@@ -413,6 +437,7 @@ def parse_config(
             "auth",
             "routing",
             "limits",
+            "health",
             "state_dir",
             "node_id",
             "demo",
@@ -440,6 +465,7 @@ def parse_config(
         auth=_auth(top.data.get("auth")),
         routing=_routing(top.data.get("routing")),
         limits=_limits(top.data.get("limits")),
+        health=_health(top.data.get("health")),
         state_dir=top.text("state_dir", ".gatekeeper"),
         node_id=top.text("node_id", ""),
         demo=top.choice("demo", "auto", ("auto", "on", "off")),

@@ -28,6 +28,8 @@ from gatekeeper.budget.ledger import BudgetLedger
 from gatekeeper.bus.config_watch import MATRIX_KEY, ConfigWatcher, LiveConfig
 from gatekeeper.bus.connect import connect
 from gatekeeper.bus.events import EventBus
+from gatekeeper.bus.health_bus import HealthBus
+from gatekeeper.bus.sessions import SessionTracker
 from gatekeeper.bus.streams import BUDGET_BUCKET, CONFIG_BUCKET, ensure_streams
 from gatekeeper.catalog import Catalog
 from gatekeeper.config import Config, ProviderConfig
@@ -76,6 +78,8 @@ class Node:
     gossip: Gossip
     router: LiveRouter
     watcher: ConfigWatcher
+    health: HealthBus
+    sessions: SessionTracker
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     nats_state: str = "connected"
 
@@ -102,6 +106,8 @@ class Node:
         await self.audit.stop(wait_s=min(grace, 10.0))
         await self.gossip.stop()
         await self.watcher.stop()
+        await self.health.stop()
+        await self.sessions.stop()
         await self.pipeline.pool.aclose()
         with contextlib.suppress(Exception):
             await self.nc.drain()
@@ -125,12 +131,16 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
     await events.publish_node_key(js, chain)
     audit.start()
     pool = ProviderPool(build_providers(config, catalog), hook=events)
+    health = HealthBus(nc, node_id, pool, events, config.health)
+    events.on_attempt = health.attempt_done
+    await health.start()
     router = LiveRouter(
         Matrix(catalog.models),
         catalog.chain,
         default_mode=config.routing.default_mode,
         quality_threshold=config.routing.quality_threshold,
         unavailable=catalog.unavailable,
+        health=health.latency,
     )
     ledger = BudgetLedger(node_id)
     gossip = Gossip(
@@ -148,8 +158,26 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
     )
     verifier = build_verifier(config)
     watcher = await _watch_config(js, config, catalog, verifier, router, set(pool.providers))
-    pipeline = Pipeline(config, verifier, router, admission, pool, _Auditor(audit, events))
-    return Node(node_id, config, nc, pipeline, audit, events, admission, gossip, router, watcher)
+    gossip.on_dropped = admission.forget
+    sessions = SessionTracker(nc, ledger, node_id)
+    sessions.start()
+    pipeline = Pipeline(
+        config, verifier, router, admission, pool, _Auditor(audit, events, sessions)
+    )
+    return Node(
+        node_id=node_id,
+        config=config,
+        nc=nc,
+        pipeline=pipeline,
+        audit=audit,
+        events=events,
+        admission=admission,
+        gossip=gossip,
+        router=router,
+        watcher=watcher,
+        health=health,
+        sessions=sessions,
+    )
 
 
 async def _watch_config(
@@ -180,13 +208,15 @@ async def _watch_config(
 
 
 class _Auditor:
-    """The pipeline's step 8: the audit record, plus the routing event beside it."""
+    """The pipeline's step 8: the audit record, plus the routing event and session beside it."""
 
-    def __init__(self, audit: AuditPublisher, events: EventBus) -> None:
+    def __init__(self, audit: AuditPublisher, events: EventBus, sessions: SessionTracker) -> None:
         self.audit = audit
         self.events = events
+        self.sessions = sessions
 
     async def commit(self, ex: Any) -> None:
+        self.sessions.seen(ex)
         await self.audit.commit(ex)
 
     def routed(self, ex: Any) -> None:

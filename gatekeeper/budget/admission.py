@@ -72,10 +72,13 @@ def plan_counters(claims: Claims, now: datetime) -> tuple[dict[str, str], dict[s
             ids["tpm"] = counter_id("tpm", key, minute)
             limits[ids["tpm"]] = claims.tpm
     budget = claims.budget
+    # Every key is tracked per period (its budget's, else the day), limited or not:
+    # BH_SESSIONS and /v1/gatekeeper/usage read these cluster-wide counts.
+    window = window_id(budget.period if budget is not None else "day", now)
+    ids["tok"] = counter_id("tok", key, window)
+    ids["preq"] = counter_id("req", key, window)
     if budget is not None:
-        window = window_id(budget.period, now)
         if budget.tokens is not None:
-            ids["tok"] = counter_id("tok", key, window)
             limits[ids["tok"]] = budget.tokens
         if budget.usd is not None:
             ids["usd"] = counter_id("usd", key, window)
@@ -105,7 +108,7 @@ class LedgerAdmission:
 
     def admit(self, ex: Exchange, req: ChatRequest | None) -> Ticket | None:
         claims = ex.claims
-        if claims is None or (claims.rpm is None and claims.tpm is None and claims.budget is None):
+        if claims is None:
             return None
         now = self.clock()
         ids, limits = plan_counters(claims, now)
@@ -116,7 +119,9 @@ class LedgerAdmission:
             prompt, completion = 1, 0
         est = prompt + completion
         model = ex.route.model if ex.route is not None else None
-        amounts = {ids[k]: v for k, v in (("req", 1), ("tpm", est), ("tok", est)) if k in ids}
+        amounts = {
+            ids[k]: v for k, v in (("req", 1), ("preq", 1), ("tpm", est), ("tok", est)) if k in ids
+        }
         if "usd" in ids:
             worst = model.cost_usd(prompt, completion) if model is not None else 0.0
             amounts[ids["usd"]] = math.ceil(worst * MICRO)
@@ -141,7 +146,7 @@ class LedgerAdmission:
         if usage and ex.served is not None:
             cost = round(ex.served.cost_usd(usage.prompt_tokens, usage.completion_tokens) * MICRO)
         actual = {
-            cid: {"req": 1, "tpm": used, "tok": used, "usd": cost}[kind]
+            cid: {"req": 1, "preq": 1, "tpm": used, "tok": used, "usd": cost}[kind]
             for kind, cid in ticket.ids.items()
         }
         self.ledger.settle(ticket.reservation, actual)
@@ -164,7 +169,7 @@ class LedgerAdmission:
             return
         for kind in ("tok", "usd"):
             cid = ids.get(kind)
-            if cid is None:
+            if cid is None or cid not in limits:
                 continue
             now_used = self._committed(cid)
             checked = self._alert_checked.get(cid, now_used)
@@ -174,14 +179,19 @@ class LedgerAdmission:
             for threshold in crossed_thresholds(checked, now_used, limits[cid]):
                 self.alerts.budget_alert(key_id, cid, threshold, now_used, limits[cid])
 
-    def usage(self, claims: Claims) -> dict[str, dict[str, int]]:
+    def forget(self, counter_ids: list[str]) -> None:
+        """Counters the ledger dropped (their window ended): drop their alert marks too."""
+        for cid in counter_ids:
+            self._alert_checked.pop(cid, None)
+
+    def usage(self, claims: Claims) -> dict[str, dict[str, int | None]]:
         """This node's merged view of a key's counters (for ``GET /v1/gatekeeper/usage``)."""
         ids, limits = plan_counters(claims, self.clock())
         return {
             kind: {
                 "used": self.ledger.value(cid) - self.ledger.held(cid),
                 "in_flight": self.ledger.held(cid),
-                "limit": limits[cid],
+                "limit": limits.get(cid),
             }
             for kind, cid in ids.items()
         }

@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import structlog
 from nats.aio.client import Client
@@ -33,6 +35,8 @@ from gatekeeper.bus.streams import BUDGET_BUCKET
 from internal.crdt import PNSlot
 
 log = structlog.get_logger("gatekeeper.gossip")
+
+GC_EVERY_S = 60.0
 
 
 def split_key(key: str) -> tuple[str, str] | None:
@@ -51,6 +55,7 @@ class Gossip:
         self.node_id = ledger.node_id
         self.interval_s = interval_s
         self.unacked: dict[str, PNSlot] = {}
+        self.on_dropped: Callable[[list[str]], None] = lambda _: None
         self.merged = 0
         self.last_merge = 0.0
         self._flush_scheduled = False
@@ -123,9 +128,13 @@ class Gossip:
                 del self.unacked[cid]
 
     async def _put_forever(self) -> None:
+        next_gc = time.monotonic() + GC_EVERY_S
         while True:
             await asyncio.sleep(self.interval_s)
             await self._rewatch_after_reconnect()
+            if time.monotonic() >= next_gc:
+                next_gc = time.monotonic() + GC_EVERY_S
+                await self._gc()
             self._collect()
             if not self.unacked or not self.nc.is_connected:
                 continue
@@ -133,6 +142,18 @@ class Gossip:
                 await self._put_unacked()
             except (NatsError, TimeoutError, OSError) as exc:
                 log.debug("gossip.put_failed", error=type(exc).__name__)
+
+    async def _gc(self) -> None:
+        """Drop counters whose window ended (past a grace period), here and in the bucket."""
+        dropped = self.ledger.gc(datetime.now(UTC))
+        for cid in dropped:
+            self.unacked.pop(cid, None)
+            if self.nc.is_connected:
+                with contextlib.suppress(NatsError, TimeoutError, OSError):
+                    await self.kv.delete(f"{cid}.{self.node_id}")
+        if dropped:
+            self.on_dropped(dropped)
+            log.debug("gossip.gc", dropped=len(dropped))
 
     # ------------------------------------------------------------------ in
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -31,6 +32,7 @@ class EventBus:
         self.nc = nc
         self.node_id = node_id
         self.failovers = 0
+        self.on_attempt: Callable[[Attempt], None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
 
     def _emit(self, subject: str, payload: dict[str, Any], msg_id: str | None = None) -> None:
@@ -68,8 +70,9 @@ class EventBus:
 
     # -------------------------------------------------------------- pool hook
 
-    def attempt_done(self, attempt: Attempt, ttft_ms: float | None) -> None:
-        return None
+    def attempt_done(self, attempt: Attempt) -> None:
+        if self.on_attempt is not None:
+            self.on_attempt(attempt)
 
     def failover(self, request_id: str, failed: Attempt, next_model: ModelSpec) -> None:
         self.failovers += 1

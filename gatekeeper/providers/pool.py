@@ -29,7 +29,7 @@ T = TypeVar("T")
 class PoolHook(Protocol):
     """Told about what the pool does (events stream, health, metrics). Must not block."""
 
-    def attempt_done(self, attempt: Attempt, ttft_ms: float | None) -> None: ...
+    def attempt_done(self, attempt: Attempt) -> None: ...
 
     def failover(self, request_id: str, failed: Attempt, next_model: ModelSpec) -> None: ...
 
@@ -37,7 +37,7 @@ class PoolHook(Protocol):
 
 
 class _NoHook:
-    def attempt_done(self, attempt: Attempt, ttft_ms: float | None) -> None:
+    def attempt_done(self, attempt: Attempt) -> None:
         return None
 
     def failover(self, request_id: str, failed: Attempt, next_model: ModelSpec) -> None:
@@ -163,7 +163,7 @@ class ProviderPool:
         changed = breaker.success() if success else breaker.failure(now)
         if changed:
             self.hook.breaker_changed(model.provider, changed)
-        self.hook.attempt_done(attempt, None)
+        self.hook.attempt_done(attempt)
         return attempt
 
     async def aclose(self) -> None:

@@ -15,9 +15,8 @@ import aiohttp
 import orjson
 import pytest
 
+from gatekeeper.providers.anthropic_stream import SSEParser, StreamTranslator
 from gatekeeper.providers.anthropic_wire import (
-    SSEParser,
-    StreamTranslator,
     anthropic_headers,
     error_from_anthropic,
     from_anthropic_response,
