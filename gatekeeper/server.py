@@ -116,10 +116,18 @@ def run_worker(config: Config, nats_url: str, worker: int, *, reuse_port: bool) 
         timeout_keep_alive=30,
     )
     server = uvicorn.Server(ucfg)
+    # uvicorn drains in-flight requests on SIGTERM/SIGINT, then re-raises the signal
+    # through the previous handler; a no-op one makes a graceful stop exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stopped)
     sockets = [_reuse_port_socket(config.server.host, config.server.port)] if reuse_port else None
     server.run(sockets=sockets)
     if server.started is False and not server.should_exit:
         sys.exit(3)
+
+
+def _stopped(signum: int, frame: object) -> None:
+    return None
 
 
 def supervise(argv: list[str], workers: int, env: dict[str, str]) -> int:
