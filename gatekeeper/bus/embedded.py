@@ -7,6 +7,7 @@ port: never assumes 4222 is free.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -20,6 +21,19 @@ from pathlib import Path
 
 class EmbeddedNatsError(RuntimeError):
     pass
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the process that started it dies, even by SIGKILL.
+
+    Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op. Keeps an embedded
+    nats-server from outliving a killed gateway.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def find_nats_server() -> str:
@@ -115,6 +129,7 @@ class EmbeddedNats:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         _wait_port(self.host, self.port, self.proc, timeout, self.log_path)
         return self.url

@@ -82,7 +82,6 @@ class AnthropicProvider:
             payload,
             self._headers,
             provider=self.name,
-            first_byte_s=self.cfg.timeouts.first_byte_s,
             read_error=read_anthropic_error,
         )
 

@@ -140,12 +140,14 @@ async def post(
     headers: dict[str, str],
     *,
     provider: str,
-    first_byte_s: float,
     read_error: ErrorReader,
 ) -> aiohttp.ClientResponse:
-    """POST and wait for the status line (bounded); a non-2xx becomes a ProviderError."""
-    async with asyncio.timeout(first_byte_s):
-        resp = await session.post(url, data=payload, headers=headers)
+    """POST and wait for the status line; a non-2xx becomes a ProviderError.
+
+    The wait is bounded by the session's ``sock_read`` timeout (the provider's
+    ``first_byte_s``), which aiohttp applies to the response head as well.
+    """
+    resp = await session.post(url, data=payload, headers=headers)
     if resp.status >= 400:
         raw = await resp.read()
         resp.release()

@@ -53,7 +53,6 @@ class OpenAIProvider:
             payload,
             {**self._headers, "x-request-id": call.request_id},
             provider=self.name,
-            first_byte_s=self.cfg.timeouts.first_byte_s,
             read_error=read_openai_error,
         )
 
