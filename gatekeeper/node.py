@@ -29,6 +29,7 @@ from gatekeeper.bus.config_watch import MATRIX_KEY, ConfigWatcher, LiveConfig
 from gatekeeper.bus.connect import connect
 from gatekeeper.bus.events import EventBus
 from gatekeeper.bus.health_bus import HealthBus
+from gatekeeper.bus.outbox import Outbox
 from gatekeeper.bus.sessions import SessionTracker
 from gatekeeper.bus.streams import BUDGET_BUCKET, CONFIG_BUCKET, ensure_streams
 from gatekeeper.catalog import Catalog
@@ -80,6 +81,7 @@ class Node:
     watcher: ConfigWatcher
     health: HealthBus
     sessions: SessionTracker
+    outbox: Outbox
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     nats_state: str = "connected"
 
@@ -108,6 +110,7 @@ class Node:
         await self.watcher.stop()
         await self.health.stop()
         await self.sessions.stop()
+        await self.outbox.stop()
         await self.pipeline.pool.aclose()
         with contextlib.suppress(Exception):
             await self.nc.drain()
@@ -127,7 +130,9 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
     audit = AuditPublisher(
         nc, js, chain, spool, node_id=node_id, strict=config.audit.mode == "strict"
     )
-    events = EventBus(nc, node_id)
+    outbox = Outbox(nc)
+    outbox.start()
+    events = EventBus(outbox, node_id)
     await events.publish_node_key(js, chain)
     audit.start()
     pool = ProviderPool(build_providers(config, catalog), hook=events)
@@ -145,6 +150,7 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
     ledger = BudgetLedger(node_id)
     gossip = Gossip(
         nc,
+        outbox,
         await js.key_value(BUDGET_BUCKET),
         ledger,
         interval_s=config.limits.gossip_interval_ms / 1000,
@@ -177,6 +183,7 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
         watcher=watcher,
         health=health,
         sessions=sessions,
+        outbox=outbox,
     )
 
 

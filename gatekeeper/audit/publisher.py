@@ -5,9 +5,15 @@ strict (default): ``commit`` returns only once JetStream acknowledged the record
 async: ``commit`` queues the record and returns; a crash loses what was queued but
     not yet acknowledged (at most ``ASYNC_QUEUE`` records, usually a few ms' worth).
 
-While the spool holds records, new ones go to the spool too, so each node's records
-reach BH_AUDIT in chain order. A drainer replays the spool when NATS is back;
-``Nats-Msg-Id`` = request id makes a replayed duplicate harmless.
+Each node's records reach BH_AUDIT in chain (seal) order. A record is published at
+once only if nothing sealed before it can still end up in the spool: the spool is
+empty, no record is waiting for its turn to be spooled, and every publish still
+awaiting its ack went out on the current connection (one sent before a reconnect may
+be lost and, after its timeout, spooled). Otherwise it is spooled, in seal order:
+each spooled record waits until the record sealed before it is acked or spooled. A
+drainer replays the spool when NATS is back; ``Nats-Msg-Id`` = ``<node>:<seq>``
+makes a replayed duplicate harmless (the request id is not unique: clients may
+choose it with an ``x-request-id`` header).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 
 import structlog
 from nats.aio.client import Client
@@ -83,6 +90,9 @@ class AuditPublisher:
         self._queue: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(ASYNC_QUEUE)
         self._tasks: list[asyncio.Task[None]] = []
         self._spool_lock = asyncio.Lock()
+        self._previous: asyncio.Future[None] | None = None  # the last sealed record's fate
+        self._spooling = 0  # records waiting for their turn in the spool
+        self._in_flight: Counter[int] = Counter()  # unacked publishes, by connection
 
     def start(self) -> None:
         self._tasks.append(asyncio.ensure_future(self._drain_forever()))
@@ -100,22 +110,56 @@ class AuditPublisher:
         sealed = self.chain.seal(record)
         subject = audit_subject(record.tenant, self.node_id)
         data = wire_bytes(sealed)
+        msg_id = f"{self.node_id}:{sealed.seq}"
         if not self.strict:
             try:
-                self._queue.put_nowait((subject, data, record.request_id))
+                self._queue.put_nowait((subject, data, msg_id))
             except asyncio.QueueFull:
                 await self._to_spool(data)
             return
-        if self.spool.depth or not self.nc.is_connected:
-            await self._to_spool(data)
-            return
+        previous = self._previous
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._previous = done
         try:
-            await self._publish(subject, data, record.request_id)
+            if self._may_publish() and await self._try_publish(subject, data, msg_id):
+                return
+            await self._spool_in_turn(previous, data)
+        finally:
+            done.set_result(None)
+
+    def _may_publish(self) -> bool:
+        """True if publishing now keeps seal order (nothing earlier can be spooled)."""
+        generation = self.nc.stats["reconnects"]
+        return (
+            self.nc.is_connected
+            and not self.spool.depth
+            and not self._spooling
+            and all(gen == generation for gen in self._in_flight)
+        )
+
+    async def _try_publish(self, subject: str, data: bytes, msg_id: str) -> bool:
+        generation = self.nc.stats["reconnects"]
+        self._in_flight[generation] += 1
+        try:
+            await self._publish(subject, data, msg_id)
+            return True
         except (NatsError, TimeoutError, OSError) as exc:
-            log.warning(
-                "audit.publish_failed", request_id=record.request_id, error=type(exc).__name__
-            )
+            log.warning("audit.publish_failed", msg_id=msg_id, error=type(exc).__name__)
+            return False
+        finally:
+            self._in_flight[generation] -= 1
+            if not self._in_flight[generation]:
+                del self._in_flight[generation]
+
+    async def _spool_in_turn(self, previous: asyncio.Future[None] | None, data: bytes) -> None:
+        """Spool ``data`` once the record sealed before it is published or spooled."""
+        self._spooling += 1
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.wait({previous})  # never cancels ``previous``
             await self._to_spool(data)
+        finally:
+            self._spooling -= 1
 
     async def _publish(self, subject: str, data: bytes, msg_id: str) -> None:
         await self.js.publish(
@@ -156,7 +200,7 @@ class AuditPublisher:
             rec = orjson.loads(data)
             subject = audit_subject(rec.get("tenant", "_"), self.node_id)
             try:
-                await self._publish(subject, data, rec["request_id"])
+                await self._publish(subject, data, f"{self.node_id}:{rec['seq']}")
             except (NatsError, TimeoutError, OSError):
                 return False
             self.spool.ack_through(offset)

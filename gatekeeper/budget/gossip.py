@@ -31,6 +31,7 @@ from nats.errors import Error as NatsError
 from nats.js.kv import KeyValue
 
 from gatekeeper.budget.ledger import BudgetLedger
+from gatekeeper.bus.outbox import Outbox
 from gatekeeper.bus.streams import BUDGET_BUCKET
 from internal.crdt import PNSlot
 
@@ -49,9 +50,15 @@ def split_key(key: str) -> tuple[str, str] | None:
 
 class Gossip:
     def __init__(
-        self, nc: Client, kv: KeyValue, ledger: BudgetLedger, *, interval_s: float = 0.2
+        self,
+        nc: Client,
+        outbox: Outbox,
+        kv: KeyValue,
+        ledger: BudgetLedger,
+        *,
+        interval_s: float = 0.2,
     ) -> None:
-        self.nc, self.kv, self.ledger = nc, kv, ledger
+        self.nc, self.kv, self.ledger, self.outbox = nc, kv, ledger, outbox
         self.node_id = ledger.node_id
         self.interval_s = interval_s
         self.unacked: dict[str, PNSlot] = {}
@@ -101,9 +108,11 @@ class Gossip:
 
     # ------------------------------------------------------------------ out
 
-    def _collect(self) -> None:
-        for cid, slot in self.ledger.own_dirty():
+    def _collect(self) -> list[tuple[str, PNSlot]]:
+        fresh = self.ledger.own_dirty()
+        for cid, slot in fresh:
             self.unacked[cid] = slot
+        return fresh
 
     def changed(self) -> None:
         """Called after own slots changed: publish them on the next loop turn."""
@@ -113,13 +122,8 @@ class Gossip:
 
     def _fast_flush(self) -> None:
         self._flush_scheduled = False
-        self._collect()
-        if not self.nc.is_connected:
-            return
-        for cid, slot in self.unacked.items():
-            subject = f"$KV.{BUDGET_BUCKET}.{cid}.{self.node_id}"
-            task = asyncio.ensure_future(self.nc.publish(subject, slot.to_bytes()))
-            task.add_done_callback(_ignore)
+        for cid, slot in self._collect():
+            self.outbox.put(f"$KV.{BUDGET_BUCKET}.{cid}.{self.node_id}", slot.to_bytes())
 
     async def _put_unacked(self) -> None:
         for cid, slot in list(self.unacked.items()):
@@ -198,8 +202,3 @@ class Gossip:
             self.ledger.merge_remote(cid, node, slot)
         self.merged += 1
         self.last_merge = time.monotonic()
-
-
-def _ignore(task: asyncio.Future[None]) -> None:
-    if not task.cancelled():
-        task.exception()

@@ -7,17 +7,16 @@ across the whole cluster.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import structlog
-from nats.aio.client import Client
 
 from gatekeeper.audit.chain import AuditChain
 from gatekeeper.auth.paserk import encode_public
+from gatekeeper.bus.outbox import Outbox
 from gatekeeper.bus.streams import CONFIG_BUCKET, subject_token
 from gatekeeper.providers.failover import Attempt
 from gatekeeper.routing.matrix import ModelSpec
@@ -28,29 +27,17 @@ log = structlog.get_logger("gatekeeper.events")
 class EventBus:
     """Implements the pool's hook and the pipeline's routing/alert notifications."""
 
-    def __init__(self, nc: Client, node_id: str) -> None:
-        self.nc = nc
+    def __init__(self, outbox: Outbox, node_id: str) -> None:
+        self.outbox = outbox
         self.node_id = node_id
         self.failovers = 0
         self.on_attempt: Callable[[Attempt], None] | None = None
-        self._pending: set[asyncio.Task[None]] = set()
 
     def _emit(self, subject: str, payload: dict[str, Any], msg_id: str | None = None) -> None:
-        if not self.nc.is_connected:
-            return
         payload.setdefault("ts", round(time.time(), 3))
         payload.setdefault("node_id", self.node_id)
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        task = asyncio.ensure_future(
-            self.nc.publish(subject, orjson.dumps(payload), headers=headers)
-        )
-        self._pending.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("events.publish_failed", error=repr(task.exception()))
+        self.outbox.put(subject, orjson.dumps(payload), headers)
 
     # -------------------------------------------------------------- pipeline
 

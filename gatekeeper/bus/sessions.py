@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +33,7 @@ log = structlog.get_logger("gatekeeper.sessions")
 @dataclass(slots=True)
 class _Seen:
     tenant: str
-    last_seen: str
+    last_seen: float  # epoch seconds; formatted when published
     last_model: str
     tok: str  # counter ids of the period
     req: str
@@ -54,7 +55,7 @@ class SessionTracker:
             return
         self.dirty[ex.claims.sub] = _Seen(
             ex.claims.tenant,
-            datetime.now(UTC).isoformat(timespec="milliseconds"),
+            time.time(),
             ex.served.name if ex.served else ex.requested_model,
             ids["tok"],
             ids["preq"],
@@ -77,12 +78,13 @@ class SessionTracker:
         batch, self.dirty = self.dirty, {}
         for key, s in batch.items():
             subject = f"bh.sessions.{subject_token(key)}"
+            last_seen = datetime.fromtimestamp(s.last_seen, UTC).isoformat(timespec="milliseconds")
             state: dict[str, Any] = {
                 "key_id": key,
                 "tenant": s.tenant,
                 "node_id": self.node_id,
-                "first_seen": await self._first_seen(key, subject, s.last_seen),
-                "last_seen": s.last_seen,
+                "first_seen": await self._first_seen(key, subject, last_seen),
+                "last_seen": last_seen,
                 "last_model": s.last_model,
                 "window": s.window,
                 "requests": self.ledger.value(s.req),
