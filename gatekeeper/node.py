@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,7 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
     pipeline = Pipeline(
         config, verifier, router, admission, pool, _Auditor(audit, events, sessions)
     )
-    return Node(
+    node = Node(
         node_id=node_id,
         config=config,
         nc=nc,
@@ -185,6 +186,24 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
         sessions=sessions,
         outbox=outbox,
     )
+    node.tasks.append(
+        asyncio.ensure_future(watch_spool(audit, events, node_id, config.audit.spool_alert_records))
+    )
+    return node
+
+
+async def watch_spool(
+    audit: AuditPublisher, events: EventBus, node_id: str, limit: int, every_s: float = 5.0
+) -> None:
+    """Raise a BH_ALERTS ``audit_spool`` alert while the spool is deeper than ``limit``."""
+    while True:
+        await asyncio.sleep(every_s)
+        depth = audit.spool_depth
+        if depth >= limit:
+            bucket = int(time.time() // 600)
+            events.alert(
+                "audit_spool", {"depth": depth, "limit": limit}, msg_id=f"spool:{node_id}:{bucket}"
+            )
 
 
 async def _watch_config(

@@ -11,9 +11,10 @@ empty, no record is waiting for its turn to be spooled, and every publish still
 awaiting its ack went out on the current connection (one sent before a reconnect may
 be lost and, after its timeout, spooled). Otherwise it is spooled, in seal order:
 each spooled record waits until the record sealed before it is acked or spooled. A
-drainer replays the spool when NATS is back; ``Nats-Msg-Id`` = ``<node>:<seq>``
-makes a replayed duplicate harmless (the request id is not unique: clients may
-choose it with an ``x-request-id`` header).
+drainer replays the spool when NATS is back; ``Nats-Msg-Id`` =
+``<node>:<seq>:<hash>`` makes a replayed duplicate harmless (not the request id:
+a client may choose it with ``x-request-id`` and reuse it, and JetStream would
+then drop a genuine record as a duplicate).
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ log = structlog.get_logger("gatekeeper.audit")
 
 PUBLISH_TIMEOUT_S = 2.0
 ASYNC_QUEUE = 10_000
+
+
+def _msg_id(node_id: str, seq: int, digest: str) -> str:
+    """The JetStream dedup id of a sealed record: the same only for the same record."""
+    return f"{node_id}:{seq}:{digest}"
 
 
 def to_record(ex: Exchange, node_id: str, now: float) -> AuditRecord:
@@ -110,7 +116,7 @@ class AuditPublisher:
         sealed = self.chain.seal(record)
         subject = audit_subject(record.tenant, self.node_id)
         data = wire_bytes(sealed)
-        msg_id = f"{self.node_id}:{sealed.seq}"
+        msg_id = _msg_id(self.node_id, sealed.seq, sealed.hash)
         if not self.strict:
             try:
                 self._queue.put_nowait((subject, data, msg_id))
@@ -200,7 +206,7 @@ class AuditPublisher:
             rec = orjson.loads(data)
             subject = audit_subject(rec.get("tenant", "_"), self.node_id)
             try:
-                await self._publish(subject, data, f"{self.node_id}:{rec['seq']}")
+                await self._publish(subject, data, _msg_id(self.node_id, rec["seq"], rec["hash"]))
             except (NatsError, TimeoutError, OSError):
                 return False
             self.spool.ack_through(offset)

@@ -197,17 +197,21 @@ class LedgerAdmission:
         }
 
     def headers(self, ex: Exchange) -> dict[str, str]:
-        ticket = ex.ticket
-        if not isinstance(ticket, Ticket):
-            return {}
+        """OpenAI's ``x-ratelimit-*`` headers, on successes and on refusals alike."""
         now = self.clock()
+        if isinstance(ex.ticket, Ticket):
+            ids, limits = ex.ticket.ids, ex.ticket.limits
+        elif ex.claims is not None and (ex.claims.rpm is not None or ex.claims.tpm is not None):
+            ids, limits = plan_counters(ex.claims, now)
+        else:
+            return {}
         reset = seconds_to_reset("minute", now) or 0.0
-        req, tpm = ticket.ids.get("req"), ticket.ids.get("tpm")
+        req, tpm = ids.get("req"), ids.get("tpm")
         return ratelimit_headers(
-            limit_requests=ticket.limits[req] if req else None,
-            remaining_requests=self.ledger.remaining(req, ticket.limits[req]) if req else 0,
+            limit_requests=limits[req] if req else None,
+            remaining_requests=self.ledger.remaining(req, limits[req]) if req else 0,
             reset_requests=reset,
-            limit_tokens=ticket.limits[tpm] if tpm else None,
-            remaining_tokens=self.ledger.remaining(tpm, ticket.limits[tpm]) if tpm else 0,
+            limit_tokens=limits[tpm] if tpm else None,
+            remaining_tokens=self.ledger.remaining(tpm, limits[tpm]) if tpm else 0,
             reset_tokens=reset,
         )

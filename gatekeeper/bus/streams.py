@@ -116,12 +116,17 @@ def desired_streams(replicas: int, keep: Retention = Retention()) -> list[api.St
 
 
 def differences(have: api.StreamConfig, want: api.StreamConfig) -> list[str]:
-    """What in ``have`` is incompatible with ``want`` (pure)."""
+    """What in ``have`` is incompatible with ``want`` (pure).
+
+    More replicas than wanted is fine (an operator tool asking for the default 1 must
+    work on an R3 cluster); fewer is not: that would silently weaken durability.
+    """
     out = []
+    if (have.num_replicas or 1) < (want.num_replicas or 1):
+        out.append(f"num_replicas: is {have.num_replicas!r}, needs >= {want.num_replicas!r}")
     checks = (
         "subjects",
         "storage",
-        "num_replicas",
         "deny_delete",
         "deny_purge",
         "allow_rollup_hdrs",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -97,6 +98,29 @@ class TestChat:
         total = 6 * 0.4
         assert first_content is not None and first_content < total / 2
         stream.close()
+
+    def test_client_disconnect_cancels_the_upstream(
+        self, gateway: GatewayProcess, issuer: Issuer, fake_openai: FakeOpenAI
+    ) -> None:
+        """A client that hangs up mid-stream makes the gateway drop the upstream request."""
+        fake_openai.script.push(Behavior(text="x" * 40, chunks=40, chunk_delay=0.1))
+        body = {
+            "model": "gpt-4o-mini",
+            "stream": True,
+            "messages": [{"role": "user", "content": "long"}],
+        }
+        headers = {"authorization": f"Bearer {issuer.token()}"}
+        with httpx.stream(
+            "POST", f"{gateway.base_url}/chat/completions", json=body, headers=headers, timeout=10
+        ) as resp:
+            for line in resp.iter_lines():
+                if '"content":"x' in line:
+                    break  # leave after the first content chunk
+        deadline = time.monotonic() + 3
+        while fake_openai.script.disconnects == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake_openai.script.disconnects == 1
+        assert time.monotonic() < deadline  # noticed well before the 4 s stream would end
 
     def test_cut_stream_ends_with_an_error_not_a_silent_success(
         self, gateway: GatewayProcess, issuer: Issuer, fake_openai: FakeOpenAI
