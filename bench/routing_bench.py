@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gatekeeper.routing import Complexity, Requirements, Route, choose, load_matrix, score
 
-MODELS_YAML = Path(__file__).resolve().parent.parent / "config" / "models.yaml"
+MODELS_YAML = Path(__file__).resolve().parent.parent / "config" / "gatekeeper.yaml"
 ROUNDS = 2000
 TARGET_US = 50.0
 

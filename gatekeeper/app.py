@@ -22,7 +22,13 @@ from starlette.types import Receive, Scope, Send
 
 from gatekeeper.catalog import Catalog, model_entry
 from gatekeeper.config import Config
-from gatekeeper.errors import GatewayError, MethodNotAllowed, ModelNotFound, NotFound
+from gatekeeper.errors import (
+    GatewayError,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    ServiceUnavailable,
+)
 from gatekeeper.http.boundary import endpoint
 from gatekeeper.http.inbound import request_id_for
 from gatekeeper.http.responses import error_response, json_response
@@ -49,13 +55,13 @@ class AppState:
 
     def live_matrix(self) -> Matrix:
         if self.node is None:
-            raise GatewayError("The gateway is still starting")
+            raise ServiceUnavailable("The gateway is still starting")
         return self.node.router.matrix
 
     @property
     def pipeline(self) -> Pipeline:
         if self.node is None:
-            raise GatewayError("The gateway is still starting")
+            raise ServiceUnavailable("The gateway is still starting")
         return self.node.pipeline
 
 

@@ -50,8 +50,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         },
     )
     config = dataclasses.replace(config, server=srv)
-    config, dev_secret = server.ensure_dev_issuer(config)
     nats_url = args.nats_url or os.environ.get("GATEKEEPER_NATS_URL") or config.nats.url
+    dev_secret = None
+    if nats_url == "embedded" or os.environ.get(server.DEV_ISSUER_ENV):
+        # Dev mode (embedded NATS): trust a local dev issuer when none is configured.
+        config, dev_secret = server.ensure_dev_issuer(config)
+    elif not config.auth.issuers:
+        print(
+            "gatekeeper: warning: no trusted issuer keys configured (auth.issuers); "
+            "tokens are rejected until one is added with `gatekeeper keys trust`",
+            file=sys.stderr,
+        )
     if args.worker_index is not None:  # a supervised worker: everything is set up already
         server.run_worker(config, nats_url, args.worker_index, reuse_port=True)
         return 0

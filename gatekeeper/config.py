@@ -163,7 +163,8 @@ class Config:
 def interpolate(value: Any, env: Mapping[str, str]) -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a YAML tree."""
     if isinstance(value, str):
-        return _ENV_RE.sub(lambda m: env.get(m.group(1), m.group(2) or ""), value)
+        # Like the shell's ${VAR:-default}: the default also applies to an empty VAR.
+        return _ENV_RE.sub(lambda m: env.get(m.group(1)) or m.group(2) or "", value)
     if isinstance(value, list):
         return [interpolate(v, env) for v in value]
     if isinstance(value, dict):

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,6 +37,7 @@ from gatekeeper.providers.failover import Attempt
 from gatekeeper.providers.pool import ProviderPool
 from gatekeeper.providers.sse import error_event
 from gatekeeper.routing.matrix import ModelSpec
+from gatekeeper.routing.router import AUTO
 from gatekeeper.validate import ChatRequest, validate_chat, validate_embeddings
 
 log = structlog.get_logger("gatekeeper.pipeline")
@@ -71,6 +73,7 @@ class Exchange:
     error_code: str | None = None
     ttft_ms: float | None = None
     ticket: Any = None
+    input_chars: int = 0  # embeddings: size of the input, for the token reservation
     headers: dict[str, str] = field(default_factory=dict)
 
     def elapsed_ms(self) -> float:
@@ -135,12 +138,11 @@ class Pipeline:
         body = await read_json(request, self.config.server.max_body_bytes)
         req = validate_chat(body)
         ex.requested_model, ex.stream = req.model, req.stream
-        self._check_model_allowed(claims, req.model)
+        if req.model != AUTO:  # "auto" is resolved among the key's allowed models
+            self._check_model_allowed(claims, req.model)
         route = self.router.route(
             req, claims, request.headers.get("x-routing-mode"), self.pool.open_breakers()
         )
-        if route.model.name != req.model:
-            self._check_model_allowed(claims, route.model.name)
         ex.route = route
         self.auditor.routed(ex)
         ex.ticket = self.admission.admit(ex, req)
@@ -183,6 +185,7 @@ class Pipeline:
             claims = self._authorize(ex, request)
             body = await read_json(request, self.config.server.max_body_bytes)
             ex.requested_model = validate_embeddings(body)
+            ex.input_chars = len(orjson.dumps(body["input"]))
             self._check_model_allowed(claims, ex.requested_model)
             ex.route = self.router.route_embedding(ex.requested_model)
             ex.ticket = self.admission.admit(ex, None)
@@ -203,18 +206,28 @@ class Pipeline:
         ex.served, ex.attempts = served.model, served.attempts
         ex.ttft_ms = ex.elapsed_ms()
         stream = served.result
+        t0, budget_s = ex.started, self.config.server.request_timeout_s
 
         async def pump(write: Callable[[bytes], Awaitable[None]]) -> None:
             finished = False
             try:
                 await write(stream.first)
-                async for part in stream.rest:
-                    await write(part)
+                async with asyncio.timeout(max(0.0, budget_s - (time.perf_counter() - t0))):
+                    async for part in stream.rest:
+                        await write(part)
                 ex.usage = stream.state.usage
                 finished = True
                 await self._finish(ex)
                 await write(DONE_EVENT)
-            except StreamInterrupted as err:
+            except (StreamInterrupted, TimeoutError) as exc:
+                err = (
+                    exc
+                    if isinstance(exc, StreamInterrupted)
+                    else StreamInterrupted(
+                        "The stream ran past the request deadline (server.request_timeout_s)",
+                        code="stream_deadline_exceeded",
+                    )
+                )
                 ex.usage = stream.state.usage
                 finished = True
                 await self._failed(ex, err)

@@ -115,8 +115,8 @@ class LedgerAdmission:
         if req is not None:
             prompt = estimate_tokens(req.body["messages"])
             completion = req.max_tokens or self.default_max_tokens
-        else:  # embeddings: the input is the whole cost; estimated from the body size
-            prompt, completion = 1, 0
+        else:  # embeddings: the input is the whole cost
+            prompt, completion = max(1, ex.input_chars // 4), 0
         est = prompt + completion
         model = ex.route.model if ex.route is not None else None
         amounts = {

@@ -26,6 +26,8 @@ def endpoint(fn: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def wrapped(request: Request) -> Response:
         started = time.perf_counter()
         rid = request_id_for(request.headers.get("x-request-id"))
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=rid)
         try:
             return await fn(request, rid, started)
         except GatewayError as err:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gatekeeper.auth.claims import Claims
-from gatekeeper.errors import ModelNotFound
+from gatekeeper.auth.claims import Claims, model_allowed
+from gatekeeper.errors import GatewayError, ModelNotFound
 from gatekeeper.pipeline import RouteDecision
 from gatekeeper.providers.failover import plan_attempts
 from gatekeeper.routing.matrix import Matrix, ModelSpec
@@ -38,6 +38,7 @@ class LiveRouter:
     ) -> None:
         self.matrix = matrix
         self.unavailable = dict(unavailable)
+        self._allowed: dict[tuple[str, ...], Matrix] = {}
         self.chain = chain
         self.default_mode = default_mode
         self.quality_threshold = quality_threshold
@@ -45,6 +46,19 @@ class LiveRouter:
 
     def replace_matrix(self, matrix: Matrix) -> None:
         self.matrix = matrix
+        self._allowed.clear()
+
+    def _visible(self, claims: Claims | None) -> Matrix:
+        """The models a key may be routed to (its ``models`` allow-list), cached per list."""
+        if claims is None or claims.models is None:
+            return self.matrix
+        hit = self._allowed.get(claims.models)
+        if hit is None:
+            if len(self._allowed) >= 1024:
+                self._allowed.clear()
+            hit = Matrix(tuple(m for m in self.matrix if model_allowed(claims, m.name)))
+            self._allowed[claims.models] = hit
+        return hit
 
     def route(
         self,
@@ -64,9 +78,10 @@ class LiveRouter:
             messages, max_tokens=req.max_tokens, tools=req.uses_tools, json=req.wants_json
         )
         health = self.health()
+        visible = self._visible(claims)
         try:
             route = choose(
-                self.matrix,
+                self.matrix if req.model != AUTO else visible,
                 requested_model=req.model,
                 mode=mode,
                 complexity=complexity,
@@ -82,19 +97,23 @@ class LiveRouter:
             raise
         fallbacks = route.fallbacks
         if req.model != AUTO:  # a named model fails over to the best peer on each provider
-            peers = choose(
-                self.matrix,
-                requested_model=AUTO,
-                mode="capability",
-                complexity=complexity,
-                quality_threshold=threshold,
-                needs=needs,
-                health=health,
-                open_breakers=open_breakers,
-            )
-            fallbacks = tuple(
-                m for m in (peers.model, *peers.fallbacks) if m.provider != route.model.provider
-            )
+            try:
+                peers = choose(
+                    visible,
+                    requested_model=AUTO,
+                    mode="capability",
+                    complexity=complexity,
+                    quality_threshold=threshold,
+                    needs=needs,
+                    health=health,
+                    open_breakers=open_breakers,
+                )
+            except GatewayError:  # no peer fits: the named model has no fallback
+                fallbacks = ()
+            else:
+                fallbacks = tuple(
+                    m for m in (peers.model, *peers.fallbacks) if m.provider != route.model.provider
+                )
         plan = plan_attempts(route.model, fallbacks, self.chain)
         return RouteDecision(route.model, plan, mode, route.reason, _event(route, plan))
 

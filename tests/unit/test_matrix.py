@@ -17,7 +17,7 @@ from gatekeeper.routing.matrix import (
 )
 from gatekeeper.routing.scorer import TASK_CLASSES
 
-MODELS_YAML = Path(__file__).resolve().parents[2] / "config" / "models.yaml"
+MODELS_YAML = Path(__file__).resolve().parents[2] / "config" / "gatekeeper.yaml"
 
 
 def entry(**overrides: Any) -> dict[str, Any]:

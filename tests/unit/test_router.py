@@ -23,7 +23,7 @@ from gatekeeper.routing.router import (
 )
 from gatekeeper.routing.scorer import Complexity, score
 
-MATRIX = load_matrix(Path(__file__).resolve().parents[2] / "config" / "models.yaml")
+MATRIX = load_matrix(Path(__file__).resolve().parents[2] / "config" / "gatekeeper.yaml")
 SIMPLE = Complexity("simple", 0.0, "small")
 
 
