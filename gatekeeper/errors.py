@@ -17,7 +17,7 @@
     │   ├── ProviderUnavailable       503 upstream_unavailable
     │   ├── ProviderRejected          4xx the upstream's own client error, passed on
     │   └── StreamInterrupted         502 upstream_stream_interrupted
-    └── ServiceUnavailable            503 (gateway itself: NATS down in strict mode, draining)
+    └── ServiceUnavailable            503 (the gateway itself: still starting)
 
 Failover is ``except ProviderError``. The request path never catches ``Exception``
 except at the single outermost boundary (``gatekeeper.http.boundary``), which turns

@@ -1,7 +1,7 @@
 """BH_SESSIONS: the latest session state of every API key (one message per key kept).
 
     bh.sessions.<key>  {"key_id", "tenant", "first_seen", "last_seen", "last_model",
-                        "period", "window", "requests", "tokens", "node_id"}
+                        "window", "requests", "tokens", "node_id"}
 
 ``requests``/``tokens`` are the cluster-wide counts for the key's current period
 (its budget period, else the UTC day), read from the CRDT ledger. A node publishes
