@@ -159,6 +159,10 @@ class Pipeline:
             headers["x-gatekeeper-model"] = ex.served.name
             headers["x-gatekeeper-provider"] = ex.served.provider
         headers.update(self.admission.headers(ex))
+        # Time in the gateway so far, minus upstream attempts (a stream's: until its headers).
+        spent = ex.ttft_ms if ex.ttft_ms is not None else ex.elapsed_ms()
+        overhead = max(0.0, spent - sum(a.ms for a in ex.attempts))
+        headers["x-gatekeeper-overhead-ms"] = f"{overhead:.3f}"
         return headers
 
     # ------------------------------------------------------------------ endpoints

@@ -1,0 +1,75 @@
+"""Acknowledged JetStream publishing with one reply subscription for all messages.
+
+nats-py's ``js.publish`` costs ~80 µs of client CPU per message (a request/reply
+round with a fresh inbox token and a full JSON parse of every ack); this costs
+about half: one wildcard subscription, a future per message, and the ack read
+only far enough to tell success from an error. Many publishes can be in flight at
+once (pipelined acks); each caller awaits only its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+
+
+class PublishNotAcked(NatsError):
+    """JetStream answered with an error, or nothing answered (no stream, no responders)."""
+
+
+class AckedPublisher:
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.pending: dict[int, asyncio.Future[None]] = {}
+        self._ids = itertools.count(1)
+        self._prefix = ""
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._prefix = f"_INBOX.gkack.{self.nc._nuid.next().decode()}"
+        self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_ack)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        try:
+            n = int(msg.subject[len(self._prefix) + 1 :])
+        except ValueError:
+            return
+        fut = self.pending.pop(n, None)
+        if fut is None or fut.done():
+            return
+        status = msg.headers.get("Status") if msg.headers else None
+        if status == "503":
+            fut.set_exception(PublishNotAcked("no JetStream stream took the message"))
+        elif not msg.data or b'"error"' in msg.data:
+            fut.set_exception(PublishNotAcked(msg.data.decode(errors="replace")[:200]))
+        else:
+            fut.set_result(None)
+
+    async def publish(self, subject: str, data: bytes, msg_id: str, timeout_s: float) -> None:
+        """Publish and wait (bounded) for JetStream's ack; raises on error or timeout."""
+        n = next(self._ids)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending[n] = fut
+        try:
+            await self.nc.publish(
+                subject, data, reply=f"{self._prefix}.{n}", headers={"Nats-Msg-Id": msg_id}
+            )
+            async with asyncio.timeout(timeout_s):
+                await fut
+        finally:
+            self.pending.pop(n, None)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(NatsError):
+                await self._sub.unsubscribe()
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.cancel()
+        self.pending.clear()
