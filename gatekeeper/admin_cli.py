@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from gatekeeper.audit.verify import read_jsonl, verify_records
 from gatekeeper.auth.paserk import KeyFormatError, decode_public
@@ -33,6 +34,7 @@ from gatekeeper.config import ConfigError, load_config
 from gatekeeper.routing.matrix import model_dict
 
 EMBEDDED_URL_FILE = "nats.url"
+CONNECT_TIMEOUT_S = 5.0  # the whole connect, retries included
 
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
@@ -54,7 +56,14 @@ def resolve_nats_url(args: argparse.Namespace) -> str:
 def _run(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         async def main() -> int:
-            nc = await connect(resolve_nats_url(args), name="gatekeeper-cli")
+            url = resolve_nats_url(args)
+            try:  # connect() retries an unreachable server forever; a command must not hang
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    nc = await connect(url, name="gatekeeper-cli")
+            except TimeoutError:
+                raise NatsUnavailable(
+                    f"cannot connect to NATS at {url}: no answer in {CONNECT_TIMEOUT_S:g}s"
+                ) from None
             try:
                 return await command(nc, args)
             finally:
@@ -127,10 +136,21 @@ async def untrust(nc: Client, args: argparse.Namespace) -> int:
 
 async def config_show(nc: Client, args: argparse.Namespace) -> int:
     kv = await _kv(nc)
-    entry = await kv.get(MATRIX_KEY)
-    sys.stdout.write(
-        orjson.dumps(orjson.loads(entry.value or b"{}"), option=orjson.OPT_INDENT_2).decode() + "\n"
-    )
+    try:
+        entry = await kv.get(MATRIX_KEY)
+    except (KeyNotFoundError, KeyDeletedError):
+        print(f"error: no {MATRIX_KEY} in {CONFIG_BUCKET} yet", file=sys.stderr)
+        return 1
+    try:
+        doc = orjson.loads(entry.value or b"{}")
+    except orjson.JSONDecodeError:
+        print(
+            f"error: {MATRIX_KEY} (revision {entry.revision}) is not JSON; nodes reject it "
+            "and keep their matrix: replace it with 'gatekeeper config push FILE'",
+            file=sys.stderr,
+        )
+        return 1
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
 

@@ -33,6 +33,7 @@ from gatekeeper.http.boundary import endpoint
 from gatekeeper.http.inbound import request_id_for
 from gatekeeper.http.responses import error_response, json_response
 from gatekeeper.node import Node, start_node
+from gatekeeper.observability.dashboard import observability_routes
 from gatekeeper.pipeline import Pipeline
 from gatekeeper.routing.matrix import Matrix
 
@@ -154,6 +155,7 @@ def create_app(config: Config, identity: NodeIdentity) -> FastPaths:
         Route("/v1/gatekeeper/usage", usage, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *observability_routes(config, lambda: state.node),  # /metrics, /dashboard
     ]
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}

@@ -80,9 +80,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if config.server.workers == 1:
             server.run_worker(config, nats_url, 0, reuse_port=False)
             return 0
+        from gatekeeper.observability.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+        metrics_dir = prepare_multiprocess_dir(
+            config.state_dir, config.server.host, config.server.port
+        )
         env = dict(
             os.environ,
             GATEKEEPER_NATS_URL=nats_url,
+            **{MULTIPROC_ENV: metrics_dir},  # workers' metrics: prometheus_client multiprocess
             **({server.DEV_ISSUER_ENV: config.auth.issuers[0]} if dev_secret else {}),
         )
         argv = [

@@ -94,14 +94,28 @@ class HealthBook:
         return out
 
 
-def latency_view(reports: Iterable[Mapping[str, Mapping[str, float | int]]]) -> dict[str, float]:
-    """model → p99 TTFT in seconds across nodes' reports (the worst node counts)."""
+def latency_view(
+    reports: Iterable[Mapping[str, Mapping[str, float | int]]], max_error_rate: float = 1.0
+) -> dict[str, float]:
+    """model → p99 TTFT in seconds across nodes' reports (the worst node counts).
+
+    A model failing more than ``max_error_rate`` of its attempts on any node is left
+    out (unknown health ranks last), so a fast-failing model never looks "fast".
+    """
     view: dict[str, float] = {}
+    failing: set[str] = set()
     for report in reports:
         for model, stats in report.items():
-            if stats.get("count", 0) and stats.get("errors", 0) < stats.get("count", 0):
-                p99 = float(stats.get("p99_ms", 0.0)) / 1000
-                view[model] = max(view.get(model, 0.0), p99)
+            count, errors = stats.get("count", 0), stats.get("errors", 0)
+            if not count:
+                continue
+            if errors >= count or errors / count > max_error_rate:
+                failing.add(model)
+                continue
+            p99 = float(stats.get("p99_ms", 0.0)) / 1000
+            view[model] = max(view.get(model, 0.0), p99)
+    for model in failing:
+        view.pop(model, None)
     return view
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from gatekeeper.bus.sessions import SessionTracker
 from gatekeeper.bus.streams import BUDGET_BUCKET, CONFIG_BUCKET, ensure_streams
 from gatekeeper.catalog import Catalog
 from gatekeeper.config import Config, ProviderConfig
+from gatekeeper.observability.metrics import Metrics, MetricsSettings
 from gatekeeper.pipeline import Pipeline
 from gatekeeper.providers.base import Provider
 from gatekeeper.providers.demo import DEMO_PROVIDER, DemoProvider, demo_models
@@ -83,6 +85,7 @@ class Node:
     health: HealthBus
     sessions: SessionTracker
     outbox: Outbox
+    metrics: Metrics
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     nats_state: str = "connected"
 
@@ -136,7 +139,8 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
     events = EventBus(outbox, node_id)
     await events.publish_node_key(js, chain)
     audit.start()
-    pool = ProviderPool(build_providers(config, catalog), hook=events)
+    metrics = Metrics(MetricsSettings.from_env(os.environ))
+    pool = ProviderPool(build_providers(config, catalog), hook=metrics.pool_hook(events))
     health = HealthBus(nc, node_id, pool, events, config.health)
     events.on_attempt = health.attempt_done
     await health.start()
@@ -164,12 +168,12 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
         on_change=gossip.changed,
     )
     verifier = build_verifier(config)
-    watcher = await _watch_config(js, config, catalog, verifier, router, set(pool.providers))
+    watcher = await _watch_config(nc, config, catalog, verifier, router, pool, events)
     gossip.on_dropped = admission.forget
     sessions = SessionTracker(nc, ledger, node_id)
     sessions.start()
     pipeline = Pipeline(
-        config, verifier, router, admission, pool, _Auditor(audit, events, sessions)
+        config, verifier, router, admission, pool, _Auditor(audit, events, sessions, metrics)
     )
     node = Node(
         node_id=node_id,
@@ -185,7 +189,10 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
         health=health,
         sessions=sessions,
         outbox=outbox,
+        metrics=metrics,
     )
+    metrics.track_budgets(admission.usage)
+    node.tasks.append(asyncio.ensure_future(metrics.run(pool.breakers, audit)))
     node.tasks.append(
         asyncio.ensure_future(watch_spool(audit, events, node_id, config.audit.spool_alert_records))
     )
@@ -207,15 +214,16 @@ async def watch_spool(
 
 
 async def _watch_config(
-    js: Any,
+    nc: Client,
     config: Config,
     catalog: Catalog,
     verifier: TokenVerifier,
     router: LiveRouter,
-    providers: set[str],
+    pool: ProviderPool,
+    events: EventBus,
 ) -> ConfigWatcher:
     """Seed BH_CONFIG's matrix from the YAML on first start, load it, then follow it."""
-    kv = await js.key_value(CONFIG_BUCKET)
+    kv = await nc.jetstream().key_value(CONFIG_BUCKET)
     seed = orjson.dumps({"models": [model_dict(m) for m in config.models]})
     with contextlib.suppress(KeyWrongLastSequenceError, BadRequestError):
         await kv.create(MATRIX_KEY, seed)
@@ -223,11 +231,12 @@ async def _watch_config(
         verifier.keyring,
         verifier.revocations,
         router.replace_matrix,
-        frozenset(providers),
+        frozenset(pool.providers),
         extra_models=demo_models() if catalog.demo else (),
         static_kids=frozenset(verifier.keyring),
+        on_reject=events.config_rejected,
     )
-    watcher = ConfigWatcher(kv, live)
+    watcher = ConfigWatcher(kv, live, nc)
     await watcher.load()
     watcher.start()
     return watcher
@@ -236,14 +245,20 @@ async def _watch_config(
 class _Auditor:
     """The pipeline's step 8: the audit record, plus the routing event and session beside it."""
 
-    def __init__(self, audit: AuditPublisher, events: EventBus, sessions: SessionTracker) -> None:
+    def __init__(
+        self, audit: AuditPublisher, events: EventBus, sessions: SessionTracker, metrics: Metrics
+    ) -> None:
         self.audit = audit
         self.events = events
         self.sessions = sessions
+        self.metrics = metrics
 
     async def commit(self, ex: Any) -> None:
         self.sessions.seen(ex)
-        await self.audit.commit(ex)
+        try:
+            await self.audit.commit(ex)
+        finally:
+            self.metrics.request_done(ex)
 
     def routed(self, ex: Any) -> None:
         self.events.routed(ex)

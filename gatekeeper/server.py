@@ -31,6 +31,7 @@ from gatekeeper.auth.keyfiles import (
 )
 from gatekeeper.bus.embedded import EmbeddedNats
 from gatekeeper.config import Config
+from gatekeeper.observability.metrics import worker_exited
 
 log = structlog.get_logger("gatekeeper.server")
 
@@ -156,6 +157,7 @@ def supervise(argv: list[str], workers: int, env: dict[str, str]) -> int:
             if code is None:
                 continue
             del procs[i]
+            worker_exited(p.pid, env)  # its live gauges go; its counters stay in the sums
             if not stopping:
                 log.warning("worker.died", worker=i, code=code)
                 spawn(i)

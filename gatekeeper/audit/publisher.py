@@ -9,9 +9,12 @@ Each node's records reach BH_AUDIT in chain (seal) order. A record is published 
 once only if nothing sealed before it can still end up in the spool: the spool is
 empty, no record is waiting for its turn to be spooled, and every publish still
 awaiting its ack went out on the current connection (one sent before a reconnect may
-be lost and, after its timeout, spooled). Otherwise it is spooled, in seal order:
-each spooled record waits until the record sealed before it is acked or spooled. A
-drainer replays the spool when NATS is back; ``Nats-Msg-Id`` =
+be lost and, after its timeout, spooled). While NATS is up but the spool still holds
+records, a new record waits (in seal order, at most ``PUBLISH_TIMEOUT_S``) for the
+drainer to empty it and is then published; so a loaded node leaves the spool once
+NATS is back instead of relaying every record through it. Otherwise it is spooled,
+in seal order: each spooled record waits until the record sealed before it is acked
+or spooled. A drainer replays the spool when NATS is back; ``Nats-Msg-Id`` =
 ``<node>:<seq>:<hash>`` makes a replayed duplicate harmless (not the request id:
 a client may choose it with ``x-request-id`` and reuse it, and JetStream would
 then drop a genuine record as a duplicate).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import Counter
 
@@ -39,6 +43,7 @@ log = structlog.get_logger("gatekeeper.audit")
 
 PUBLISH_TIMEOUT_S = 2.0
 ASYNC_QUEUE = 10_000
+DRAIN_BATCH = 256  # spooled records replayed per spool read, acknowledged together
 
 
 def _msg_id(node_id: str, seq: int, digest: str) -> str:
@@ -98,6 +103,8 @@ class AuditPublisher:
         self._spool_lock = asyncio.Lock()
         self._previous: asyncio.Future[None] | None = None  # the last sealed record's fate
         self._spooling = 0  # records waiting for their turn in the spool
+        self._waiting = 0  # records waiting for the drainer to empty the spool
+        self._drained = asyncio.Condition()  # notified after every drain pass
         self._in_flight: Counter[int] = Counter()  # unacked publishes, by connection
 
     def start(self) -> None:
@@ -127,11 +134,25 @@ class AuditPublisher:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._previous = done
         try:
+            if self.nc.is_connected and (self.spool.depth or self._spooling or self._waiting):
+                await self._wait_for_drain(previous)
             if self._may_publish() and await self._try_publish(subject, data, msg_id):
                 return
             await self._spool_in_turn(previous, data)
         finally:
             done.set_result(None)
+
+    async def _wait_for_drain(self, previous: asyncio.Future[None] | None) -> None:
+        """Once the record sealed before this one is done, wait (bounded) for an empty spool."""
+        self._waiting += 1
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.wait({previous})  # never cancels ``previous``
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PUBLISH_TIMEOUT_S), self._drained:
+                    await self._drained.wait_for(lambda: not self.spool.depth)
+        finally:
+            self._waiting -= 1
 
     def _may_publish(self) -> bool:
         """True if publishing now keeps seal order (nothing earlier can be spooled)."""
@@ -195,23 +216,37 @@ class AuditPublisher:
             await self._wake.wait()
             self._wake.clear()
             while self.spool.depth:
-                if not self.nc.is_connected or not await self._drain_once():
+                drained = self.nc.is_connected and await self._drain_once()
+                async with self._drained:
+                    self._drained.notify_all()
+                if not drained:
                     await asyncio.sleep(0.25)
 
     async def _drain_once(self) -> bool:
-        """Replay pending spool records in order; False if NATS failed midway."""
+        """Replay up to ``DRAIN_BATCH`` spooled records in order; False if NATS failed.
+
+        What was published is acknowledged once per batch, in a thread: ``ack_through``
+        fsyncs (milliseconds), and once per record on the event loop it capped the
+        drain below the rate of a loaded node, so the spool never emptied. A crash
+        before the ack replays the batch; ``Nats-Msg-Id`` drops those copies.
+        """
         import orjson
 
-        for offset, data in list(self.spool.pending()):
+        published_through, ok = None, True
+        for offset, data in list(itertools.islice(self.spool.pending(), DRAIN_BATCH)):
             rec = orjson.loads(data)
             subject = audit_subject(rec.get("tenant", "_"), self.node_id)
             try:
                 await self._publish(subject, data, _msg_id(self.node_id, rec["seq"], rec["hash"]))
             except (NatsError, TimeoutError, OSError):
-                return False
-            self.spool.ack_through(offset)
-        log.info("audit.spool_drained", published=self.published)
-        return True
+                ok = False
+                break
+            published_through = offset
+        if published_through is not None:
+            await asyncio.to_thread(self.spool.ack_through, published_through)
+        if ok and not self.spool.depth:
+            log.info("audit.spool_drained", published=self.published)
+        return ok
 
     async def flush(self, wait_s: float = 10.0) -> None:
         """Wait (bounded) until queued and spooled records are published."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import orjson
 import structlog
+from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.kv import KeyValue
 
@@ -67,6 +68,7 @@ class LiveConfig:
     served_providers: frozenset[str]
     extra_models: tuple[ModelSpec, ...] = ()
     static_kids: frozenset[str] = frozenset()
+    on_reject: Callable[[str, str], None] = field(default=lambda key, error: None)
     rejected: list[str] = field(default_factory=list)
     _dynamic_kids: dict[str, str] = field(default_factory=dict)
     _revoked: dict[str, str] = field(default_factory=dict)
@@ -82,6 +84,7 @@ class LiveConfig:
         except (ConfigError, KeyFormatError, ValueError) as exc:
             self.rejected.append(f"{key}: {exc}")
             log.error("config.rejected", key=key, error=str(exc))
+            self.on_reject(key, str(exc))
 
     def _issuer(self, key: str, value: bytes | None) -> None:
         if value:
@@ -117,12 +120,22 @@ class LiveConfig:
 
 
 class ConfigWatcher:
-    """Loads BH_CONFIG before traffic, then follows it."""
+    """Loads BH_CONFIG before traffic, then follows it.
 
-    def __init__(self, kv: KeyValue, live: LiveConfig) -> None:
+    After a reconnect the watch is replaced at once (as gossip does): a restarted
+    server has lost the watch's consumer, which nats-py notices only after two missed
+    heartbeats, so revocations would otherwise wait 10-20 s after an outage.
+    """
+
+    check_s = 0.25  # how often the reconnect count is looked at
+
+    def __init__(self, kv: KeyValue, live: LiveConfig, nc: Client | None = None) -> None:
         self.kv = kv
         self.live = live
-        self._task: asyncio.Task[None] | None = None
+        self.nc: Client = nc if nc is not None else kv._js._nc
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watcher: KeyValue.KeyWatcher | None = None
+        self._watch_reconnects = 0  # the client's reconnect count when it was created
 
     async def load(self) -> int:
         count = 0
@@ -138,24 +151,47 @@ class ConfigWatcher:
         return count
 
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._follow())
+        self._tasks = [
+            asyncio.ensure_future(self._follow()),
+            asyncio.ensure_future(self._rewatch_after_reconnects()),
+        ]
 
     async def _follow(self) -> None:
         while True:
             try:
-                watcher = await self.kv.watchall(include_history=False)
-                async for entry in watcher:
+                self._watch_reconnects = self.nc.stats["reconnects"]
+                watcher = self._watcher = await self.kv.watchall(include_history=False)
+                async for entry in watcher:  # ends when a reconnect stops it
                     if entry is not None:
                         self.live.apply(entry.key, entry.value if entry.operation is None else None)
             except (NatsError, TimeoutError, OSError) as exc:
                 log.debug("config.watch_restart", error=type(exc).__name__)
                 await asyncio.sleep(0.5)
 
+    async def _rewatch_after_reconnects(self) -> None:
+        """Stop a watcher older than the last reconnect; ``_follow`` starts a new one.
+
+        The new one delivers the latest value of every key, deletes included.
+        """
+        while True:
+            await asyncio.sleep(self.check_s)
+            watcher = self._watcher
+            if (
+                watcher is None
+                or not self.nc.is_connected
+                or self.nc.stats["reconnects"] == self._watch_reconnects
+            ):
+                continue
+            self._watcher = None
+            log.info("config.rewatch", reconnects=self.nc.stats["reconnects"])
+            with contextlib.suppress(NatsError, TimeoutError, OSError):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
 
 def revocation_value(sub: str, reason: str, at: str) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import nats
@@ -43,20 +44,27 @@ async def connect(
 
     servers = [u.strip() for u in url.split(",")]
     try:
-        nc = await nats.connect(
-            servers=servers,
-            name=name,
-            connect_timeout=connect_timeout_s,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            ping_interval=5,
-            max_outstanding_pings=3,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-            error_cb=error,
-        )
-    except (NatsError, OSError, TimeoutError) as exc:
+        # nats-py keeps retrying the *first* connection forever when reconnects are
+        # unlimited; bound it so an unreachable NATS is a clear error, not a hang.
+        async with asyncio.timeout(connect_timeout_s * 2 + 1):
+            nc = await nats.connect(
+                servers=servers,
+                name=name,
+                connect_timeout=connect_timeout_s,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                ping_interval=5,
+                max_outstanding_pings=3,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+            )
+    except TimeoutError:
+        raise NatsUnavailable(
+            f"cannot connect to NATS at {url}: no answer within {connect_timeout_s * 2 + 1:g}s"
+        ) from None
+    except (NatsError, OSError) as exc:
         raise NatsUnavailable(
             f"cannot connect to NATS at {url}: {exc or type(exc).__name__}"
         ) from None

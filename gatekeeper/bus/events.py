@@ -83,6 +83,10 @@ class EventBus:
             {"type": "breaker", "provider": provider, "state": state},
         )
 
+    def config_rejected(self, key: str, error: str) -> None:
+        """A bad BH_CONFIG value this node refused (it keeps what it had)."""
+        self._emit("bh.events.config", {"type": "config_rejected", "key": key, "error": error})
+
     # -------------------------------------------------------------- alerts
 
     def budget_alert(

@@ -58,7 +58,9 @@ class HealthBus:
         now = time.monotonic()
         if now - self._view_at > 1.0:
             fresh = now - 3 * self.cfg.publish_interval_s
-            self._view = latency_view(r for at, r in self.reports.values() if at >= fresh)
+            self._view = latency_view(
+                (r for at, r in self.reports.values() if at >= fresh), self.cfg.sla_error_rate
+            )
             self._view_at = now
         return self._view
 

@@ -98,7 +98,7 @@ class Breaker:
     Time is passed in, so the breaker is a pure state machine.
     """
 
-    __slots__ = ("failures", "opened_at", "policy", "probing", "state")
+    __slots__ = ("failures", "opened_at", "policy", "probe_at", "probing", "state")
 
     def __init__(self, policy: FailoverPolicy = DEFAULT_POLICY) -> None:
         self.policy = policy
@@ -106,14 +106,20 @@ class Breaker:
         self.failures = 0
         self.opened_at = 0.0
         self.probing = False
+        self.probe_at = 0.0
 
     def allow(self, now: float) -> bool:
         if self.state == "closed":
             return True
         if self.state == "open" and now - self.opened_at >= self.policy.breaker_reset_s:
             self.state = "half_open"
-        if self.state == "half_open" and not self.probing:
+        # A probe that never reported back (cancelled mid-flight) is written off after
+        # one reset period; otherwise the breaker would stay half-open for good.
+        if self.state == "half_open" and (
+            not self.probing or now - self.probe_at >= self.policy.breaker_reset_s
+        ):
             self.probing = True
+            self.probe_at = now
             return True
         return False
 

@@ -97,3 +97,19 @@ class TestModes:
         with pytest.raises(InvalidRequest) as info:
             ROUTER.route(chat("auto"), claims(), "fastest", frozenset())  # type: ignore[arg-type]
         assert info.value.param == "X-Routing-Mode"
+
+
+class TestLatencyView:
+    def test_a_failing_model_never_looks_fast(self) -> None:
+        """Health reports: a model over the error-rate limit is dropped from the view."""
+        from gatekeeper.health import latency_view
+
+        reports = [
+            {
+                "fast-but-failing": {"count": 10, "errors": 6, "p99_ms": 5.0},
+                "steady": {"count": 10, "errors": 0, "p99_ms": 80.0},
+            },
+            {"steady": {"count": 4, "errors": 0, "p99_ms": 120.0}},
+        ]
+        view = latency_view(reports, max_error_rate=0.25)
+        assert view == {"steady": 0.12}
