@@ -1,8 +1,8 @@
 """The capability matrix: which models exist, what they cost, what they can do.
 
 The ``models:`` list of ``config/gatekeeper.yaml`` holds one entry per public model
-name. It is parsed once into frozen ``ModelSpec`` values held by a ``Matrix``; every error names the YAML
-path and the reason, e.g. ``models[3].input_per_1k: must be a number >= 0``.
+name. It is parsed once into frozen ``ModelSpec`` values held by a ``Matrix``; every
+error names the YAML path and the reason, e.g. ``models[3].input_per_1k: must be a number >= 0``.
 """
 
 from __future__ import annotations
