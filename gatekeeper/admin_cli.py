@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from gatekeeper.audit.verify import read_jsonl, verify_records
@@ -29,7 +31,13 @@ from gatekeeper.bus.config_watch import (
     revocation_value,
 )
 from gatekeeper.bus.connect import NatsUnavailable, connect
-from gatekeeper.bus.streams import AUDIT, CONFIG_BUCKET, StreamMismatch, ensure_streams
+from gatekeeper.bus.streams import (
+    AUDIT,
+    CONFIG_BUCKET,
+    StreamMismatch,
+    ensure_streams,
+    subject_token,
+)
 from gatekeeper.config import ConfigError, load_config
 from gatekeeper.routing.matrix import model_dict
 
@@ -195,27 +203,26 @@ async def _audit_records(nc: Client, subject: str, follow: bool) -> Any:
     await sub.unsubscribe()
 
 
-async def _node_keys(nc: Client) -> dict[str, bytes]:
+async def _node_keys(nc: Client, node_ids: set[str]) -> dict[str, bytes]:
+    """The audit public keys of the given nodes, read one by one from BH_CONFIG."""
     kv = await _kv(nc)
     keys: dict[str, bytes] = {}
-    watcher = await kv.watch("nodes.*.audit_key", ignore_deletes=True)
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            keys[entry.key.split(".")[1]] = decode_public((entry.value or b"").decode())
-    finally:
-        await watcher.stop()
+    for node in sorted(node_ids):
+        with contextlib.suppress(NatsError):
+            entry = await kv.get(f"nodes.{subject_token(node)}.audit_key")
+            keys[node] = decode_public((entry.value or b"").decode())
     return keys
 
 
 async def audit_verify(nc: Client, args: argparse.Namespace) -> int:
-    keys = await _node_keys(nc)
     if args.file:
-        report = verify_records(read_jsonl(args.file), keys)
+        records: list[Any] = list(read_jsonl(args.file))
     else:
         records = [r async for r in _audit_records(nc, "bh.audit.>", follow=False)]
-        report = verify_records(records, keys)
+    nodes = {
+        r["node_id"] for r in records if isinstance(r, dict) and isinstance(r.get("node_id"), str)
+    }
+    report = verify_records(records, await _node_keys(nc, nodes))
     print(report.render())
     return 0 if report.ok else 1
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import structlog
 from nats.aio.client import Client
-from nats.js.errors import BadRequestError, KeyWrongLastSequenceError
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
 
 from gatekeeper.audit.chain import AuditChain, load_or_create_node_key
 from gatekeeper.audit.publisher import AuditPublisher
@@ -33,7 +33,13 @@ from gatekeeper.bus.events import EventBus
 from gatekeeper.bus.health_bus import HealthBus
 from gatekeeper.bus.outbox import Outbox
 from gatekeeper.bus.sessions import SessionTracker
-from gatekeeper.bus.streams import BUDGET_BUCKET, CONFIG_BUCKET, ensure_streams
+from gatekeeper.bus.streams import (
+    AUDIT,
+    BUDGET_BUCKET,
+    CONFIG_BUCKET,
+    ensure_streams,
+    subject_token,
+)
 from gatekeeper.catalog import Catalog
 from gatekeeper.config import Config, ProviderConfig
 from gatekeeper.observability.metrics import Metrics, MetricsSettings
@@ -265,16 +271,19 @@ class _Auditor:
 
 
 async def _resume_chain(js: Any, node_id: str, key: Any, spool: AuditSpool) -> AuditChain:
-    """Continue this node's chain after its newest record (spool first, then BH_AUDIT)."""
-    import orjson
+    """Continue this node's chain after its newest record (spool first, then BH_AUDIT).
 
+    Only "this node has no record yet" starts a new chain; any other failure to read
+    the stream stops the start, so a restarted node never forks its chain at seq 1.
+    """
     last: dict[str, Any] | None = None
     for _, data in spool.pending():
         last = orjson.loads(data)
     if last is None:
-        from gatekeeper.bus.streams import AUDIT, subject_token
-
-        with contextlib.suppress(Exception):
+        try:
             msg = await js.get_last_msg(AUDIT, f"bh.audit.*.{subject_token(node_id)}")
+        except NotFoundError:
+            pass
+        else:
             last = orjson.loads(msg.data)
     return AuditChain.resume(node_id, key, last)

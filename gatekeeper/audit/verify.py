@@ -14,7 +14,8 @@ Issue kinds:
 * ``unknown_node_key`` no public key was given for a node (signatures unchecked)
 * ``broken_link``      ``prev`` is not the ``hash`` of the node's previous seq
 * ``gap``              seqs missing between a node's first and last seq
-* ``duplicate``        a seq seen twice for one node, or a request id seen twice
+* ``duplicate``        a seq seen twice for one node (request ids come from clients
+                       and may repeat; two records of one id are two requests)
 * ``out_of_order``     a seq lower than one already seen from the same node
 
 A chain's beginning and end are not evidence by themselves: an export may start
@@ -294,11 +295,6 @@ class _Verifier:
             detail = f"seq already seen at record #{seen[1]}, {same}"
             self.issues.append(ledger.issue("duplicate", detail, link, position))
             return
-        if link.request_id is not None:
-            first = self.requests.setdefault(link.request_id, (ledger.node_id, link.seq))
-            if first != (ledger.node_id, link.seq):
-                detail = f"request id already used by node {first[0]} seq {first[1]}"
-                self.issues.append(ledger.issue("duplicate", detail, link, position))
         if link.seq < ledger.highest and self.check_order:
             detail = f"arrived after seq {ledger.highest}"
             self.issues.append(ledger.issue("out_of_order", detail, link, position))

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import nats
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
+from nats.js.errors import ServiceUnavailableError
 
 # JetStream KV watch with headers-only/ordered consumers, per-stream duplicate
 # windows, deny_delete/deny_purge and direct get are all there from 2.10.0.
@@ -74,12 +75,23 @@ async def connect(
         await nc.close()
         need = ".".join(map(str, MIN_NATS_VERSION))
         raise NatsUnavailable(f"nats-server {sv} at {url} is too old: Gatekeeper needs >= {need}")
-    try:
-        await nc.jetstream().account_info()
-    except NatsError as exc:
+    problem = await _jetstream_problem(nc, wait_s=connect_timeout_s * 2)
+    if problem is not None:
         await nc.close()
-        raise NatsUnavailable(
-            f"JetStream is not enabled on the NATS server at {url} "
-            f"(start nats-server with -js): {exc}"
-        ) from None
+        raise NatsUnavailable(f"JetStream is not usable at {url}: {problem}")
     return nc
+
+
+async def _jetstream_problem(nc: Client, wait_s: float) -> str | None:
+    """None once JetStream answers; retried for ``wait_s`` (a cluster may be electing)."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        try:
+            await nc.jetstream().account_info()
+            return None
+        except ServiceUnavailableError:
+            return "JetStream is not enabled (start nats-server with -js)"
+        except NatsError as exc:
+            if asyncio.get_running_loop().time() >= deadline:
+                return f"no JetStream answer within {wait_s:g}s ({exc or type(exc).__name__})"
+            await asyncio.sleep(0.5)
