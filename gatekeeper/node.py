@@ -144,7 +144,7 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
     outbox.start()
     events = EventBus(outbox, node_id)
     await events.publish_node_key(js, chain)
-    audit.start()
+    await audit.start()
     metrics = Metrics(MetricsSettings.from_env(os.environ))
     pool = ProviderPool(build_providers(config, catalog), hook=metrics.pool_hook(events))
     health = HealthBus(nc, node_id, pool, events, config.health)

@@ -28,6 +28,7 @@ import itertools
 import time
 from collections import Counter
 
+import orjson
 import structlog
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -36,6 +37,7 @@ from nats.js import JetStreamContext
 from gatekeeper.audit.chain import AuditChain, wire_bytes
 from gatekeeper.audit.record import Attempt, AuditRecord, rfc3339_ms
 from gatekeeper.audit.spool import AuditSpool
+from gatekeeper.bus.acks import AckedPublisher
 from gatekeeper.bus.streams import audit_subject
 from gatekeeper.pipeline import Exchange
 
@@ -93,6 +95,7 @@ class AuditPublisher:
         strict: bool = True,
     ) -> None:
         self.nc, self.js, self.chain, self.spool = nc, js, chain, spool
+        self.acks = AckedPublisher(nc)  # started in ``start``
         self.node_id = node_id
         self.strict = strict
         self.published = 0
@@ -107,7 +110,8 @@ class AuditPublisher:
         self._drained = asyncio.Condition()  # notified after every drain pass
         self._in_flight: Counter[int] = Counter()  # unacked publishes, by connection
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        await self.acks.start()
         self._tasks.append(asyncio.ensure_future(self._drain_forever()))
         if not self.strict:
             self._tasks.append(asyncio.ensure_future(self._async_sender()))
@@ -189,9 +193,7 @@ class AuditPublisher:
             self._spooling -= 1
 
     async def _publish(self, subject: str, data: bytes, msg_id: str) -> None:
-        await self.js.publish(
-            subject, data, timeout=PUBLISH_TIMEOUT_S, headers={"Nats-Msg-Id": msg_id}
-        )
+        await self.acks.publish(subject, data, msg_id, PUBLISH_TIMEOUT_S)
         self.published += 1
 
     async def _to_spool(self, data: bytes) -> None:
@@ -230,7 +232,6 @@ class AuditPublisher:
         drain below the rate of a loaded node, so the spool never emptied. A crash
         before the ack replays the batch; ``Nats-Msg-Id`` drops those copies.
         """
-        import orjson
 
         published_through, ok = None, True
         for offset, data in list(itertools.islice(self.spool.pending(), DRAIN_BATCH)):
@@ -264,4 +265,5 @@ class AuditPublisher:
         while not self._queue.empty():  # whatever async mode still holds goes to disk
             _, data, _ = self._queue.get_nowait()
             self.spool.append(data)
+        await self.acks.stop()
         self.spool.close()
