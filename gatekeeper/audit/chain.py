@@ -34,6 +34,7 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
+from gatekeeper.audit.files import fsync_dir
 from gatekeeper.audit.record import AuditRecord, SealedRecord
 from gatekeeper.auth.paserk import (
     KeyFormatError,
@@ -186,14 +187,6 @@ def _create_key_file(target: Path) -> None:
             os.fsync(out.fileno())
         with contextlib.suppress(FileExistsError):  # another process created it first
             os.link(temp, target)  # atomic, and never replaces an existing key
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         temp.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -42,6 +42,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from gatekeeper.audit.files import fsync_dir
+
 __all__ = ["MAX_RECORD_BYTES", "AuditSpool", "SpoolError"]
 
 MAX_RECORD_BYTES = 16 * 1024 * 1024
@@ -74,14 +76,6 @@ def _frames(file: BinaryIO, start: int, stop: int) -> Iterator[tuple[int, bytes]
         yield position, payload
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _read_ack(directory: Path) -> int:
     try:
         text = (directory / _ACK).read_text(encoding="ascii")
@@ -100,7 +94,7 @@ def _write_ack(directory: Path, offset: int) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(temp, directory / _ACK)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _lock_directory(directory: Path) -> int:
@@ -150,7 +144,7 @@ class AuditSpool:
             self._rotate(self._ack)
         elif self._ack == self._end and self._end > self._base:
             self._rotate(self._end)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def _recover(self) -> tuple[int, int]:
         """Scan the segment: cut a torn tail; return ``(end offset, records after ack)``."""
@@ -174,7 +168,7 @@ class AuditSpool:
         """Start an empty segment at ``new_base``; drop the old one (fully acknowledged)."""
         old = self._base
         fd = os.open(self._segment(new_base), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         os.close(self._fd)
         self._fd, self._base, self._end, self._ack, self._depth = (
             fd,
@@ -185,7 +179,7 @@ class AuditSpool:
         )
         if old != new_base:
             self._segment(old).unlink()
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     # -- the API ---------------------------------------------------------------------
 
