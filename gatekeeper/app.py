@@ -31,6 +31,7 @@ from gatekeeper.errors import (
 )
 from gatekeeper.http.boundary import endpoint
 from gatekeeper.http.inbound import request_id_for
+from gatekeeper.http.openapi import OPENAPI_JSON
 from gatekeeper.http.responses import error_response, json_response
 from gatekeeper.node import Node, start_node
 from gatekeeper.observability.dashboard import observability_routes
@@ -126,6 +127,9 @@ def create_app(config: Config, identity: NodeIdentity) -> FastPaths:
     async def healthz(request: Request) -> Response:
         return json_response(b'{"status":"ok"}', {})
 
+    async def openapi(request: Request) -> Response:
+        return json_response(OPENAPI_JSON, {})
+
     async def readyz(request: Request) -> Response:
         report = state.node.readiness() if state.node else {"ready": False, "starting": True}
         status = 200 if report.get("ready") else 503
@@ -155,6 +159,7 @@ def create_app(config: Config, identity: NodeIdentity) -> FastPaths:
         Route("/v1/gatekeeper/usage", usage, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         *observability_routes(config, lambda: state.node),  # /metrics, /dashboard
     ]
     app = Starlette(
