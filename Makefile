@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: run test check lint fmt bench clean
+.PHONY: run test check lint fmt bench chaos soak clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,12 @@ fmt: $(DEVSTAMP)
 
 bench: $(DEVSTAMP)
 	$(BIN)/python -m bench.run
+
+chaos: $(DEVSTAMP)
+	$(BIN)/python -m bench.chaos
+
+soak: $(DEVSTAMP)
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) .gatekeeper .pytest_cache .mypy_cache .ruff_cache
