@@ -179,12 +179,14 @@ def children_cpu_seconds() -> float:
 
 
 def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs spent busy since boot (``/proc/stat``: all but idle, iowait)."""
+    """CPU seconds all CPUs spent busy since boot (``/proc/stat``: user … softirq, no steal).
+
+    irq/softirq ticks are included because the kernel also charges them to whichever
+    process was running, so process times (ours included) contain them too.
+    """
     with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-            int, f.readline().split()[1:9]
-        )
-    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / _CLK_TCK
 
 
 def peak_rss_kib(pids: list[int]) -> int:

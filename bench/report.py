@@ -49,7 +49,10 @@ def _cmd(args: list[str]) -> str:
         done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "?"
-    return (done.stdout or done.stderr).strip().splitlines()[0] if done.returncode == 0 else "?"
+    if done.returncode != 0:
+        return "?"
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def machine() -> str:
@@ -270,9 +273,10 @@ def render(results: Results, opts: Options) -> str:
         "process tree under load (the upstream for *direct*, the gateway supervisor + "
         "workers, the baseline server); CPU busy = its CPU seconds / wall seconds "
         "(100% = one core). wrk, the upstream, nats-server and the gateway all share "
-        "this machine's CPUs; *other load* = CPU the machine spent on anything else during "
-        "the run (other users' jobs), in cores × 100% — well above 0% means that run was "
-        "disturbed.",
+        "this machine's CPUs; *other load* = process CPU time the machine spent on anything "
+        "else during the run (other users' jobs: busy time from /proc/stat minus wrk, the "
+        "upstream, nats-server and the target; approximate), in cores × 100% — well "
+        "above 0% means that run shared the CPUs with someone else.",
         "",
         "### Bars",
         "",

@@ -65,6 +65,21 @@ class Options:
     argv: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """What every step of a run shares: options, the process stack, the fixed services."""
+
+    opts: Options
+    stack: contextlib.ExitStack
+    tmp: Path
+    upstream_url: str
+    nats_url: str
+    issuer: Issuer
+    helpers: Helpers
+    full_token: str  # budget + rpm + tpm: every pipeline step runs
+    plain_token: str  # no limits
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -121,18 +136,12 @@ def tree(proc: subprocess.Popen[bytes] | None) -> Callable[[], list[int]]:
     return lambda: process_tree(proc.pid)
 
 
-def start_gateway(
-    stack: contextlib.ExitStack,
-    workdir: Path,
-    upstream_url: str,
-    nats_url: str,
-    issuer: Issuer,
-    workers: int,
-) -> GatewayProcess:
+def start_gateway(stage: Stage, workers: int) -> GatewayProcess:
+    """``python -m gatekeeper serve`` in front of the upstream; waits for every worker."""
     provider = {
         "name": "bench",
         "kind": "openai",
-        "base_url": f"{upstream_url}/v1",
+        "base_url": f"{stage.upstream_url}/v1",
         "api_key": "sk-bench",
         "timeouts": {"connect_s": 2, "first_byte_s": 10, "total_s": 30},
     }
@@ -140,10 +149,12 @@ def start_gateway(
         chat_model("gpt-4o-mini", "bench"),
         embedding_model("text-embedding-3-small", "bench"),
     ]
-    state = workdir / f"state-w{workers}"
-    config = base_config([provider], models, issuer, state, demo="off", audit={"mode": "strict"})
-    gw = GatewayProcess(config, workdir / f"gw-w{workers}", nats_url, workers=workers)
-    stack.callback(gw.stop)
+    state = stage.tmp / f"state-w{workers}"
+    config = base_config(
+        [provider], models, stage.issuer, state, demo="off", audit={"mode": "strict"}
+    )
+    gw = GatewayProcess(config, stage.tmp / f"gw-w{workers}", stage.nats_url, workers=workers)
+    stage.stack.callback(gw.stop)
     gw.start(timeout=60)
     deadline = time.monotonic() + 60
     while gw.logs().count('"node.started"') < workers:  # every worker, not just the first
@@ -219,75 +230,90 @@ def bench(opts: Options, stack: contextlib.ExitStack, tmp: Path) -> Results:
     up_port = free_port()
     up_args = ["--chunks", str(opts.chunks), "--chunk-delay-ms", str(opts.chunk_delay_ms)]
     upstream = start_server(stack, "bench.upstream", up_args, tmp, up_port)
-    up_url = f"http://127.0.0.1:{up_port}"
     nats = EmbeddedNats(tmp / "nats", name="bench-nats")
     stack.callback(nats.stop)
     nats.start()
     assert nats.proc is not None
-    helpers = Helpers(nats.proc.pid, upstream.pid)
     issuer = Issuer(tmp / "issuer")
-    full = issuer.token("bench", budget_tokens=10**12, rpm=10**9, tpm=10**12)
-    plain = issuer.token("bench-plain")
+    stage = Stage(
+        opts,
+        stack,
+        tmp,
+        f"http://127.0.0.1:{up_port}",
+        nats.url,
+        issuer,
+        Helpers(nats.proc.pid, upstream.pid),
+        issuer.token("bench", budget_tokens=10**12, rpm=10**9, tpm=10**12),
+        issuer.token("bench-plain"),
+    )
+    direct = Target("direct (upstream only)", stage.upstream_url, None, tree(upstream))
+    gw1 = one_worker(stage, direct, results)
+    streams(stage, gw1, results)
+    if opts.scaling:
+        gw1.stop()
+        scaling(stage, results)
+    if opts.httpx_baseline:
+        baselines(stage, results)
+    if opts.micro:
+        run_micro(results)
+    results.note_load()
+    results.wall_s = time.time() - results.started
+    return results
 
-    direct = Target("direct (upstream only)", up_url, None, tree(upstream))
-    gw1 = start_gateway(stack, tmp, up_url, nats.url, issuer, 1)
-    for token in (full, plain):
-        check_ok(gw1.url, token)
-    gw_full = Target("gateway w1, full pipeline", gw1.url, full, tree(gw1.proc), 1)
-    gw_plain = Target("gateway w1, plain token", gw1.url, plain, gw_full.pids, 1)
-    matrix = [Scenario(t, c) for c in (1, 32) for t in (direct, gw_full, gw_plain)]
-    run_matrix(matrix, opts, helpers)
+
+def one_worker(stage: Stage, direct: Target, results: Results) -> GatewayProcess:
+    """Direct vs gateway (1 worker; full and plain token) at 1 and 32 connections."""
+    gw = start_gateway(stage, 1)
+    for token in (stage.full_token, stage.plain_token):
+        check_ok(gw.url, token)
+    full = Target("gateway w1, full pipeline", gw.url, stage.full_token, tree(gw.proc), 1)
+    plain = Target("gateway w1, plain token", gw.url, stage.plain_token, full.pids, 1)
+    matrix = [Scenario(t, c) for c in (1, 32) for t in (direct, full, plain)]
+    run_matrix(matrix, stage.opts, stage.helpers)
     results.scenarios += matrix
     results.added_p50_ms["full pipeline"] = added_p50(matrix[0], matrix[1])
     results.added_p50_ms["plain token"] = added_p50(matrix[0], matrix[2])
+    return gw
 
-    log(
-        f"streams  {opts.stream_requests} x direct, gateway (concurrency {opts.stream_concurrency})"
-    )
-    results.streams["direct (upstream only)"] = run_streams(
-        up_url, None, opts.stream_requests, opts.stream_concurrency
-    )
-    results.streams["gateway w1, full pipeline"] = run_streams(
-        gw1.url, full, opts.stream_requests, opts.stream_concurrency
-    )
+
+def streams(stage: Stage, gw: GatewayProcess, results: Results) -> None:
+    n, conc = stage.opts.stream_requests, stage.opts.stream_concurrency
+    log(f"streams  {n} x direct, gateway (concurrency {conc})")
+    results.streams["direct (upstream only)"] = run_streams(stage.upstream_url, None, n, conc)
+    results.streams["gateway w1, full pipeline"] = run_streams(gw.url, stage.full_token, n, conc)
     for name, s in results.streams.items():
         log(
             f"         {name:<28} TTFT p50 {s.ttft_p50_ms:.3f} ms p99 {s.ttft_p99_ms:.3f} ms "
             f"{s.chunks_per_s:9.0f} chunks/s failed {s.failed}"
         )
 
-    if opts.scaling:
-        gw1.stop()
-        for workers in (2, 4):
-            gw = start_gateway(stack, tmp, up_url, nats.url, issuer, workers)
-            check_ok(gw.url, full)
-            target = Target(
-                f"gateway w{workers}, full pipeline", gw.url, full, tree(gw.proc), workers
-            )
-            scaling = [Scenario(target, 32)]
-            run_matrix(scaling, opts, helpers)
-            results.scenarios += scaling
-            gw.stop()
 
-    if opts.httpx_baseline:
-        baselines = []
-        for module, label in (
-            ("bench.baseline_httpx", "baseline Starlette + httpx"),
-            ("bench.baseline_aiohttp", "baseline Starlette + aiohttp"),
-        ):
-            port = free_port()
-            proc = start_server(stack, module, ["--upstream", up_url], tmp, port)
-            baselines.append(
-                Scenario(Target(label, f"http://127.0.0.1:{port}", None, tree(proc)), 32)
-            )
-        run_matrix(baselines, opts, helpers)
-        results.scenarios += baselines
+def scaling(stage: Stage, results: Results) -> None:
+    """The gateway with 2 and 4 workers at 32 connections, one at a time."""
+    for workers in (2, 4):
+        gw = start_gateway(stage, workers)
+        check_ok(gw.url, stage.full_token)
+        name = f"gateway w{workers}, full pipeline"
+        matrix = [Scenario(Target(name, gw.url, stage.full_token, tree(gw.proc), workers), 32)]
+        run_matrix(matrix, stage.opts, stage.helpers)
+        results.scenarios += matrix
+        gw.stop()
 
-    if opts.micro:
-        run_micro(results)
-    results.note_load()
-    results.wall_s = time.time() - results.started
-    return results
+
+def baselines(stage: Stage, results: Results) -> None:
+    """Bare Starlette pass-throughs, httpx vs aiohttp as the upstream client."""
+    matrix = []
+    for module, label in (
+        ("bench.baseline_httpx", "baseline Starlette + httpx"),
+        ("bench.baseline_aiohttp", "baseline Starlette + aiohttp"),
+    ):
+        port = free_port()
+        proc = start_server(
+            stage.stack, module, ["--upstream", stage.upstream_url], stage.tmp, port
+        )
+        matrix.append(Scenario(Target(label, f"http://127.0.0.1:{port}", None, tree(proc)), 32))
+    run_matrix(matrix, stage.opts, stage.helpers)
+    results.scenarios += matrix
 
 
 def log(msg: str) -> None:
