@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from gatekeeper.providers.failover import FailoverPolicy
 from gatekeeper.routing.matrix import ConfigError, ModelSpec, parse_models
 
 __all__ = [
@@ -141,6 +142,7 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    failover: FailoverPolicy = field(default_factory=FailoverPolicy)
     state_dir: str = ".gatekeeper"
     node_id: str = ""
     demo: str = "auto"  # auto: enable the demo provider when no real provider has a key
@@ -422,6 +424,36 @@ def _health(data: object) -> HealthConfig:
     )
 
 
+def _failover_policy(data: object) -> FailoverPolicy:
+    s = _Section(data, "failover")
+    s.unknown(
+        {
+            "retry_statuses",
+            "backoff_base_s",
+            "backoff_cap_s",
+            "retry_after_cap_s",
+            "same_provider_retries",
+            "breaker_failures",
+            "breaker_reset_s",
+        }
+    )
+    d = FailoverPolicy()
+    statuses = s.data.get("retry_statuses", sorted(d.retry_statuses))
+    if not isinstance(statuses, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) and 400 <= x <= 599 for x in statuses
+    ):
+        raise ConfigError("failover.retry_statuses: must be a list of HTTP statuses 400-599")
+    return FailoverPolicy(
+        backoff_base_s=s.number("backoff_base_s", d.backoff_base_s),
+        backoff_cap_s=s.number("backoff_cap_s", d.backoff_cap_s),
+        retry_after_cap_s=s.number("retry_after_cap_s", d.retry_after_cap_s),
+        same_provider_retries=s.integer("same_provider_retries", d.same_provider_retries),
+        breaker_failures=s.integer("breaker_failures", d.breaker_failures, minimum=1),
+        breaker_reset_s=s.number("breaker_reset_s", d.breaker_reset_s),
+        retry_statuses=frozenset(statuses),
+    )
+
+
 def parse_config(
     raw: object, *, env: Mapping[str, str] | None = None, source: str = "<memory>"
 ) -> Config:
@@ -439,6 +471,7 @@ def parse_config(
             "routing",
             "limits",
             "health",
+            "failover",
             "state_dir",
             "node_id",
             "demo",
@@ -467,6 +500,7 @@ def parse_config(
         routing=_routing(top.data.get("routing")),
         limits=_limits(top.data.get("limits")),
         health=_health(top.data.get("health")),
+        failover=_failover_policy(top.data.get("failover")),
         state_dir=top.text("state_dir", ".gatekeeper"),
         node_id=top.text("node_id", ""),
         demo=top.choice("demo", "auto", ("auto", "on", "off")),

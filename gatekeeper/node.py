@@ -146,7 +146,9 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
     await events.publish_node_key(js, chain)
     await audit.start()
     metrics = Metrics(MetricsSettings.from_env(os.environ))
-    pool = ProviderPool(build_providers(config, catalog), hook=metrics.pool_hook(events))
+    pool = ProviderPool(
+        build_providers(config, catalog), policy=config.failover, hook=metrics.pool_hook(events)
+    )
     health = HealthBus(nc, node_id, pool, events, config.health)
     events.on_attempt = health.attempt_done
     await health.start()

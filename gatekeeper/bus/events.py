@@ -58,6 +58,12 @@ class EventBus:
     # -------------------------------------------------------------- pool hook
 
     def attempt_done(self, attempt: Attempt) -> None:
+        if attempt.error == "upstream_auth_failed":  # our key for that provider is bad
+            self.alert(
+                "provider_auth",
+                {"provider": attempt.provider, "model": attempt.model, "status": attempt.status},
+                msg_id=f"provider_auth:{attempt.provider}:{int(time.time() // 600)}",
+            )
         if self.on_attempt is not None:
             self.on_attempt(attempt)
 

@@ -22,9 +22,21 @@ class FailoverPolicy:
     same_provider_retries: int = 1
     breaker_failures: int = 5
     breaker_reset_s: float = 10.0
+    # Upstream statuses that move on to the next provider. 401/403 (the gateway's own
+    # provider key is bad) always do; connect errors and timeouts always do.
+    retry_statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504, 529})
 
 
 DEFAULT_POLICY = FailoverPolicy()
+AUTH_FAILURES = frozenset({401, 403})
+
+
+def should_fail_over(err: ProviderError, policy: FailoverPolicy = DEFAULT_POLICY) -> bool:
+    """Whether an attempt's error moves on to the next provider (pure)."""
+    status = err.upstream_status
+    if status is None:  # connect error, timeout, stream cut before its first byte
+        return err.retryable
+    return status in policy.retry_statuses or status in AUTH_FAILURES
 
 
 @dataclass(frozen=True, slots=True)

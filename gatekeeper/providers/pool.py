@@ -20,6 +20,7 @@ from gatekeeper.providers.failover import (
     FailoverPolicy,
     final_error,
     next_backoff,
+    should_fail_over,
 )
 from gatekeeper.routing.matrix import ModelSpec
 
@@ -122,10 +123,19 @@ class ProviderPool:
                 err: ProviderError = ProviderTimeout(
                     f"{model.provider}: overall deadline reached", provider=model.provider
                 )
-            except ProviderRejected:
-                self._record(breaker, model, started, 400, None, success=True)
-                raise
             except ProviderError as exc:
+                if not should_fail_over(exc, self.policy):  # the client's own error, or a
+                    # status the operator chose not to fail over on: answer with it now
+                    healthy = isinstance(exc, ProviderRejected)
+                    self._record(
+                        breaker,
+                        model,
+                        started,
+                        exc.upstream_status,
+                        None if healthy else exc.code,
+                        success=healthy,
+                    )
+                    raise
                 err = exc
             else:
                 ms = (self.clock() - started) * 1000

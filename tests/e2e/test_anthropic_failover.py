@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 
+import nats
 import openai
 import orjson
 import pytest
 
+from gatekeeper.bus.embedded import EmbeddedNats
 from tests.conftest import openai_provider
 from tests.harness.behavior import Behavior
 from tests.harness.fake_anthropic import FakeAnthropic
@@ -222,3 +225,62 @@ class TestFailover:
         )
         assert reply.choices[0].message.content == Behavior().text
         assert time.monotonic() - started < 5
+
+
+class TestFailoverPolicy:
+    def test_a_status_left_out_of_retry_statuses_is_answered_not_failed_over(
+        self,
+        start_gateway: Callable[..., GatewayProcess],
+        fake_openai: FakeOpenAI,
+        fake_anthropic: FakeAnthropic,
+        issuer: Issuer,
+    ) -> None:
+        """failover.retry_statuses without 500: the client gets the 502, no failover."""
+        gw = start_gateway(
+            providers=[
+                openai_provider("openai", fake_openai),
+                {
+                    "name": "anthropic",
+                    "kind": "anthropic",
+                    "base_url": fake_anthropic.url,
+                    "api_key": ANTHROPIC_KEY,
+                },
+            ],
+            models=[chat_model("gpt-4o", "openai"), chat_model("claude-3-5-sonnet", "anthropic")],
+            failover={"retry_statuses": [429]},
+        )
+        fake_openai.script.push(Behavior(status=500, error_message="kaput"))
+        with pytest.raises(openai.InternalServerError, match="kaput"):
+            sdk(gw, issuer).chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert fake_anthropic.script.requests == []
+
+    def test_upstream_auth_failure_fails_over_and_raises_an_alert(
+        self,
+        two_providers: GatewayProcess,
+        issuer: Issuer,
+        fake_openai: FakeOpenAI,
+        fake_anthropic: FakeAnthropic,
+        nats_server: EmbeddedNats,
+    ) -> None:
+        """A 401 from the upstream (our key is bad): next provider answers; BH_ALERTS says so."""
+        fake_openai.script.push(Behavior(status=401, error_message="bad key"))
+        reply = sdk(two_providers, issuer).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.choices[0].message.content == Behavior().text
+
+        async def alerts() -> list[dict[str, object]]:
+            nc = await nats.connect(nats_server.url)
+            try:
+                sub = await nc.jetstream().subscribe(
+                    "bh.alerts.provider_auth", ordered_consumer=True
+                )
+                msg = await sub.next_msg(timeout=5)
+                return [orjson.loads(msg.data)]
+            finally:
+                await nc.close()
+
+        (alert,) = asyncio.run(alerts())
+        assert alert["type"] == "provider_auth" and alert["provider"] == "openai"

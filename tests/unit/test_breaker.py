@@ -286,3 +286,26 @@ class TestPoolBreakers:
             await p.chat((A,), CALL, clock.now + 30)
         assert caught.value.headers == {"retry-after": "1"}
         assert len(a.calls) == 3
+
+
+class TestShouldFailOver:
+    """Which upstream failures move a request on to the next provider."""
+
+    def test_default_statuses_fail_over_and_client_errors_do_not(self) -> None:
+        """429/5xx fail over; the upstream's 400 is the client's own error."""
+        from gatekeeper.errors import ProviderError, ProviderRejected
+        from gatekeeper.providers.failover import should_fail_over
+
+        assert should_fail_over(ProviderError("x", upstream_status=429))
+        assert should_fail_over(ProviderError("x", upstream_status=503))
+        assert not should_fail_over(ProviderRejected("x", upstream_status=400))
+
+    def test_auth_failures_and_timeouts_always_fail_over(self) -> None:
+        """401/403 (our key is bad) and status-less failures fail over whatever the list."""
+        from gatekeeper.errors import ProviderError, ProviderTimeout
+        from gatekeeper.providers.failover import FailoverPolicy, should_fail_over
+
+        only_429 = FailoverPolicy(retry_statuses=frozenset({429}))
+        assert should_fail_over(ProviderError("x", upstream_status=401), only_429)
+        assert should_fail_over(ProviderTimeout("x"), only_429)
+        assert not should_fail_over(ProviderError("x", upstream_status=500), only_429)
