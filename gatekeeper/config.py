@@ -12,13 +12,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 
 from gatekeeper.providers.failover import FailoverPolicy
 from gatekeeper.routing.matrix import ConfigError, ModelSpec, parse_models
+from gatekeeper.yamlread import Section, as_list, check_url, interpolate
 
 __all__ = [
     "AuditConfig",
@@ -39,7 +38,6 @@ __all__ = [
 
 PROVIDER_KINDS = ("openai", "anthropic", "demo")
 DEFAULT_CONFIG_PATH = Path("config/gatekeeper.yaml")
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,100 +157,11 @@ class Config:
         return tuple(p for p in self.providers if p.enabled)
 
 
-# ---------------------------------------------------------------- interpolation
-
-
-def interpolate(value: Any, env: Mapping[str, str]) -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a YAML tree."""
-    if isinstance(value, str):
-        # Like the shell's ${VAR:-default}: the default also applies to an empty VAR.
-        return _ENV_RE.sub(lambda m: env.get(m.group(1)) or m.group(2) or "", value)
-    if isinstance(value, list):
-        return [interpolate(v, env) for v in value]
-    if isinstance(value, dict):
-        return {k: interpolate(v, env) for k, v in value.items()}
-    return value
-
-
-# ---------------------------------------------------------------- field readers
-
-
-def _numeric(value: Any, kind: type[int] | type[float]) -> Any:
-    """``${PORT:-8080}`` interpolates to a string: accept numeric strings."""
-    if isinstance(value, str):
-        try:
-            return kind(value.strip())
-        except ValueError:
-            return value
-    return value
-
-
-class _Section:
-    """Reads typed fields from one mapping, naming the YAML path in every error."""
-
-    def __init__(self, data: object, path: str) -> None:
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: must be a mapping")
-        self.data: dict[str, Any] = data
-        self.path = path
-
-    def _where(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def unknown(self, known: set[str]) -> None:
-        extra = sorted(set(self.data) - known)
-        if extra:
-            raise ConfigError(f"{self._where(extra[0])}: unknown key")
-
-    def text(self, key: str, default: str, *, required: bool = False) -> str:
-        v = self.data.get(key, None)
-        if v is None:
-            if required:
-                raise ConfigError(f"{self._where(key)}: required")
-            return default
-        if not isinstance(v, str | int | float) or isinstance(v, bool):
-            raise ConfigError(f"{self._where(key)}: must be a string")
-        return str(v)
-
-    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
-        v = _numeric(self.data.get(key, default), int)
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ConfigError(f"{self._where(key)}: must be an integer >= {minimum}")
-        return v
-
-    def number(self, key: str, default: float, *, positive: bool = True) -> float:
-        v = _numeric(self.data.get(key, default), float)
-        if isinstance(v, bool) or not isinstance(v, int | float) or (positive and v <= 0):
-            raise ConfigError(f"{self._where(key)}: must be a number > 0")
-        return float(v)
-
-    def flag(self, key: str, default: bool) -> bool:
-        v = self.data.get(key, default)
-        if not isinstance(v, bool):
-            raise ConfigError(f"{self._where(key)}: must be true or false")
-        return v
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        v = self.text(key, default)
-        if v not in choices:
-            raise ConfigError(f"{self._where(key)}: must be one of {', '.join(choices)}")
-        return v
-
-
-def _check_url(value: str, path: str, schemes: tuple[str, ...]) -> str:
-    parsed = urlparse(value)
-    if parsed.scheme not in schemes or not parsed.netloc:
-        raise ConfigError(f"{path}: not a URL ({'/'.join(schemes)}://host[:port]/...)")
-    return value.rstrip("/")
-
-
 # ---------------------------------------------------------------- sections
 
 
 def _server(data: object) -> ServerConfig:
-    s = _Section(data, "server")
+    s = Section(data, "server")
     s.unknown(
         {
             "host",
@@ -279,12 +188,12 @@ def _server(data: object) -> ServerConfig:
 
 
 def _nats(data: object) -> NatsConfig:
-    s = _Section(data, "nats")
+    s = Section(data, "nats")
     s.unknown({"url", "store_dir", "connect_timeout_s", "replicas"})
     url = s.text("url", "embedded") or "embedded"
     if url != "embedded":
         for i, part in enumerate(url.split(",")):
-            _check_url(
+            check_url(
                 part.strip(),
                 f"nats.url[{i}]" if "," in url else "nats.url",
                 ("nats", "tls", "ws", "wss"),
@@ -298,7 +207,7 @@ def _nats(data: object) -> NatsConfig:
 
 
 def _timeouts(data: object, path: str) -> Timeouts:
-    s = _Section(data, path)
+    s = Section(data, path)
     s.unknown({"connect_s", "first_byte_s", "total_s"})
     return Timeouts(
         connect_s=s.number("connect_s", 5.0),
@@ -308,7 +217,7 @@ def _timeouts(data: object, path: str) -> Timeouts:
 
 
 def _provider(data: object, path: str) -> ProviderConfig:
-    s = _Section(data, path)
+    s = Section(data, path)
     s.unknown(
         {
             "name",
@@ -329,8 +238,8 @@ def _provider(data: object, path: str) -> ProviderConfig:
     if kind != "demo":
         if not base_url:
             raise ConfigError(f"{path}.base_url: required for kind {kind}")
-        base_url = _check_url(base_url, f"{path}.base_url", ("http", "https"))
-    headers = _Section(s.data.get("headers"), f"{path}.headers").data
+        base_url = check_url(base_url, f"{path}.base_url", ("http", "https"))
+    headers = Section(s.data.get("headers"), f"{path}.headers").data
     return ProviderConfig(
         name=name,
         kind=kind,
@@ -343,18 +252,10 @@ def _provider(data: object, path: str) -> ProviderConfig:
     )
 
 
-def _list(data: object, path: str) -> list[Any]:
-    if data is None:
-        return []
-    if not isinstance(data, list):
-        raise ConfigError(f"{path}: must be a list")
-    return data
-
-
 def _failover(data: object, providers: set[str]) -> tuple[FailoverStep, ...]:
     steps = []
-    for i, item in enumerate(_list(data, "failover_chain")):
-        s = _Section(item, f"failover_chain[{i}]")
+    for i, item in enumerate(as_list(data, "failover_chain")):
+        s = Section(item, f"failover_chain[{i}]")
         s.unknown({"provider", "priority"})
         name = s.text("provider", "", required=True)
         if name not in providers:
@@ -364,7 +265,7 @@ def _failover(data: object, providers: set[str]) -> tuple[FailoverStep, ...]:
 
 
 def _audit(data: object) -> AuditConfig:
-    s = _Section(data, "audit")
+    s = Section(data, "audit")
     s.unknown({"mode", "spool_dir", "spool_alert_records"})
     return AuditConfig(
         mode=s.choice("mode", "strict", ("strict", "async")),
@@ -374,10 +275,10 @@ def _audit(data: object) -> AuditConfig:
 
 
 def _auth(data: object) -> AuthConfig:
-    s = _Section(data, "auth")
+    s = Section(data, "auth")
     s.unknown({"issuers", "leeway_s", "cache_size", "dev_issuer_dir"})
     issuers = []
-    for i, item in enumerate(_list(s.data.get("issuers"), "auth.issuers")):
+    for i, item in enumerate(as_list(s.data.get("issuers"), "auth.issuers")):
         if not isinstance(item, str) or not item.startswith("k4.public."):
             raise ConfigError(f"auth.issuers[{i}]: must be a PASERK k4.public.… key")
         issuers.append(item)
@@ -390,7 +291,7 @@ def _auth(data: object) -> AuthConfig:
 
 
 def _routing(data: object) -> RoutingConfig:
-    s = _Section(data, "routing")
+    s = Section(data, "routing")
     s.unknown({"default_mode", "quality_threshold"})
     threshold = s.number("quality_threshold", 0.6, positive=False)
     if not 0.0 <= threshold <= 1.0:
@@ -402,7 +303,7 @@ def _routing(data: object) -> RoutingConfig:
 
 
 def _limits(data: object) -> LimitsConfig:
-    s = _Section(data, "limits")
+    s = Section(data, "limits")
     s.unknown({"gossip_interval_ms", "default_max_tokens"})
     return LimitsConfig(
         gossip_interval_ms=s.integer("gossip_interval_ms", 200, minimum=10),
@@ -411,7 +312,7 @@ def _limits(data: object) -> LimitsConfig:
 
 
 def _health(data: object) -> HealthConfig:
-    s = _Section(data, "health")
+    s = Section(data, "health")
     s.unknown({"window_s", "publish_interval_s", "sla_p99_ms", "sla_error_rate"})
     rate = s.number("sla_error_rate", 0.25)
     if rate > 1:
@@ -425,7 +326,7 @@ def _health(data: object) -> HealthConfig:
 
 
 def _failover_policy(data: object) -> FailoverPolicy:
-    s = _Section(data, "failover")
+    s = Section(data, "failover")
     s.unknown(
         {
             "retry_statuses",
@@ -458,7 +359,7 @@ def parse_config(
     raw: object, *, env: Mapping[str, str] | None = None, source: str = "<memory>"
 ) -> Config:
     """Validate a YAML tree into a ``Config``; raise ``ConfigError`` naming the path."""
-    top = _Section(interpolate(raw, os.environ if env is None else env), "")
+    top = Section(interpolate(raw, os.environ if env is None else env), "")
     top.unknown(
         {
             "server",
@@ -479,7 +380,7 @@ def parse_config(
     )
     providers = tuple(
         _provider(p, f"providers[{i}]")
-        for i, p in enumerate(_list(top.data.get("providers"), "providers"))
+        for i, p in enumerate(as_list(top.data.get("providers"), "providers"))
     )
     names = [p.name for p in providers]
     for i, n in enumerate(names):
