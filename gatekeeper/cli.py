@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gatekeeper.admin_cli import EMBEDDED_URL_FILE, add_admin_parsers
 from gatekeeper.auth.cli import add_keys_parser
+from gatekeeper.bus.embedded import start_embedded
 from gatekeeper.config import ConfigError, load_config
 
 
@@ -66,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     embedded = None
     if nats_url == "embedded":
-        embedded = server.start_embedded_nats(config)
+        embedded = start_embedded(config.nats.store_dir)
         nats_url = embedded.url
         url_file = Path(config.state_dir) / EMBEDDED_URL_FILE
         url_file.parent.mkdir(parents=True, exist_ok=True)

@@ -137,9 +137,7 @@ async def start_node(config: Config, catalog: Catalog, node_id: str, nats_url: s
     key = load_or_create_node_key(state_dir / "node.key")
     spool = AuditSpool(Path(config.audit.spool_dir) / node_id)
     chain = await _resume_chain(js, node_id, key, spool)
-    audit = AuditPublisher(
-        nc, js, chain, spool, node_id=node_id, strict=config.audit.mode == "strict"
-    )
+    audit = AuditPublisher(nc, chain, spool, node_id=node_id, strict=config.audit.mode == "strict")
     outbox = Outbox(nc)
     outbox.start()
     events = EventBus(outbox, node_id)

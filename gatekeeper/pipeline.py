@@ -74,7 +74,6 @@ class Exchange:
     ttft_ms: float | None = None
     ticket: Any = None
     input_chars: int = 0  # embeddings: size of the input, for the token reservation
-    headers: dict[str, str] = field(default_factory=dict)
 
     def elapsed_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000, 3)

@@ -29,7 +29,6 @@ from gatekeeper.auth.keyfiles import (
     load_secret_key,
     mint,
 )
-from gatekeeper.bus.embedded import EmbeddedNats
 from gatekeeper.config import Config
 from gatekeeper.observability.metrics import worker_exited
 
@@ -162,12 +161,6 @@ def supervise(argv: list[str], workers: int, env: dict[str, str]) -> int:
                 log.warning("worker.died", worker=i, code=code)
                 spawn(i)
     return 0
-
-
-def start_embedded_nats(config: Config) -> EmbeddedNats:
-    server = EmbeddedNats(Path(config.nats.store_dir))
-    server.start()
-    return server
 
 
 def dev_token(secret_path: str | None) -> str | None:

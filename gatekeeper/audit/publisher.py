@@ -32,7 +32,6 @@ import orjson
 import structlog
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
 
 from gatekeeper.audit.chain import AuditChain, wire_bytes
 from gatekeeper.audit.record import Attempt, AuditRecord, rfc3339_ms
@@ -87,14 +86,13 @@ class AuditPublisher:
     def __init__(
         self,
         nc: Client,
-        js: JetStreamContext,
         chain: AuditChain,
         spool: AuditSpool,
         *,
         node_id: str,
         strict: bool = True,
     ) -> None:
-        self.nc, self.js, self.chain, self.spool = nc, js, chain, spool
+        self.nc, self.chain, self.spool = nc, chain, spool
         self.acks = AckedPublisher(nc)  # started in ``start``
         self.node_id = node_id
         self.strict = strict

@@ -63,8 +63,6 @@ class Gossip:
         self.interval_s = interval_s
         self.unacked: dict[str, PNSlot] = {}
         self.on_dropped: Callable[[list[str]], None] = lambda _: None
-        self.merged = 0
-        self.last_merge = 0.0
         self._flush_scheduled = False
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: KeyValue.KeyWatcher | None = None
@@ -200,5 +198,3 @@ class Gossip:
             self.ledger.load_own(cid, slot)
         else:
             self.ledger.merge_remote(cid, node, slot)
-        self.merged += 1
-        self.last_merge = time.monotonic()

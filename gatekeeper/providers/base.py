@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gatekeeper.routing.matrix import ModelSpec
@@ -55,7 +55,6 @@ class StreamState:
     usage: Usage | None = None
     completed: bool = False  # upstream signalled a clean end
     chunks: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ReplyStream:

@@ -123,12 +123,6 @@ def status_error(
     return ProviderError(msg, provider=provider, upstream_status=status, retry_after=ra)
 
 
-async def close_quietly(resp: aiohttp.ClientResponse | None) -> None:
-    if resp is not None:
-        resp.close()
-        await asyncio.sleep(0)
-
-
 ErrorReader = Callable[[int, bytes], tuple[str, str | None, str | None]]
 """(status, body) → (message, code, param) in the upstream's own error format."""
 
