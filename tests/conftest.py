@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.bus.embedded import EmbeddedNats, free_port
+from tests.harness.fake_anthropic import FakeAnthropic
 from tests.harness.fake_openai import FakeOpenAI
 from tests.harness.gateway import (
     GatewayProcess,
@@ -68,6 +69,16 @@ def openai_provider(name: str, fake: FakeOpenAI, **over: Any) -> dict[str, Any]:
         "base_url": fake.url,
         "api_key": fake.api_key,
         "timeouts": {"connect_s": 2, "first_byte_s": 5, "total_s": 30},
+        **over,
+    }
+
+
+def anthropic_provider(name: str, fake: FakeAnthropic, **over: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": "anthropic",
+        "base_url": fake.url,
+        "api_key": fake.api_key,
         **over,
     }
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from gatekeeper.bus.embedded import EmbeddedNats
-from tests.conftest import openai_provider
+from tests.conftest import anthropic_provider, openai_provider
 from tests.harness.behavior import Behavior
 from tests.harness.fake_anthropic import FakeAnthropic
 from tests.harness.fake_openai import FakeOpenAI
@@ -37,13 +37,11 @@ def two_providers(
     return start_gateway(
         providers=[
             openai_provider("openai", fake_openai),
-            {
-                "name": "anthropic",
-                "kind": "anthropic",
-                "base_url": fake_anthropic.url,
-                "api_key": ANTHROPIC_KEY,
-                "timeouts": {"connect_s": 2, "first_byte_s": 2, "total_s": 30},
-            },
+            anthropic_provider(
+                "anthropic",
+                fake_anthropic,
+                timeouts={"connect_s": 2, "first_byte_s": 2, "total_s": 30},
+            ),
         ],
         models=[
             chat_model("gpt-4o", "openai"),
@@ -210,12 +208,7 @@ class TestFailover:
                     "base_url": "http://127.0.0.1:9/v1",
                     "api_key": "k",
                 },
-                {
-                    "name": "anthropic",
-                    "kind": "anthropic",
-                    "base_url": fake_anthropic.url,
-                    "api_key": ANTHROPIC_KEY,
-                },
+                anthropic_provider("anthropic", fake_anthropic),
             ],
             models=[chat_model("m1", "dead"), chat_model("m2", "anthropic")],
         )
@@ -239,12 +232,7 @@ class TestFailoverPolicy:
         gw = start_gateway(
             providers=[
                 openai_provider("openai", fake_openai),
-                {
-                    "name": "anthropic",
-                    "kind": "anthropic",
-                    "base_url": fake_anthropic.url,
-                    "api_key": ANTHROPIC_KEY,
-                },
+                anthropic_provider("anthropic", fake_anthropic),
             ],
             models=[chat_model("gpt-4o", "openai"), chat_model("claude-3-5-sonnet", "anthropic")],
             failover={"retry_statuses": [429]},

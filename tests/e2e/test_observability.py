@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import openai_provider
+from tests.conftest import anthropic_provider, openai_provider
 from tests.harness.behavior import Behavior
 from tests.harness.fake_anthropic import FakeAnthropic
 from tests.harness.fake_openai import FakeOpenAI
@@ -256,13 +256,11 @@ class TestLogs:
         gw = start_gateway(
             providers=[
                 openai_provider("openai", fake_openai),
-                {
-                    "name": "anthropic",
-                    "kind": "anthropic",
-                    "base_url": fake_anthropic.url,
-                    "api_key": ANTHROPIC_KEY,
-                    "timeouts": {"connect_s": 2, "first_byte_s": 2, "total_s": 30},
-                },
+                anthropic_provider(
+                    "anthropic",
+                    fake_anthropic,
+                    timeouts={"connect_s": 2, "first_byte_s": 2, "total_s": 30},
+                ),
             ],
             models=[
                 chat_model("gpt-4o-mini", "openai"),
