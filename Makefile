@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: run test check lint fmt bench chaos soak clean
+.PHONY: run test check lint fmt bench bench-peers chaos soak clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,38 @@ fmt: $(DEVSTAMP)
 bench: $(DEVSTAMP)
 	$(BIN)/python -m bench.run
 
+# Peer gateways that `make bench` measures beside Gatekeeper when they are installed
+# (bench/peers.py). Kept out of .venv: LiteLLM in its own venv, Portkey in an npm prefix.
+# Never litellm 1.82.7 / 1.82.8 (compromised releases). Portkey's @hono/node-server is held
+# at 1.13.5, the version Portkey's own package-lock pins for 1.15.2: newer ones hand back a
+# fetch response's immutable headers and every stream fails (Portkey-AI/gateway#1389, #1550).
+PEERS := .bench-peers
+LITELLM_VERSION := 1.106.2
+PORTKEY_VERSION := 1.15.2
+PORTKEY_HONO_NODE_SERVER := 1.13.5
+LITELLM_VENV := $(PEERS)/litellm-venv
+LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
+PORTKEY_STAMP := $(PEERS)/portkey/.installed-$(PORTKEY_VERSION)-$(PORTKEY_HONO_NODE_SERVER)
+
+bench-peers: $(LITELLM_STAMP) $(PORTKEY_STAMP)
+
+$(LITELLM_STAMP):
+	rm -rf $(LITELLM_VENV)
+	$(PY) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LITELLM_VENV)/bin/python -m pip install -q 'litellm[proxy]==$(LITELLM_VERSION)'
+	touch $@
+
+$(PORTKEY_STAMP):
+	rm -rf $(PEERS)/portkey
+	mkdir -p $(PEERS)/portkey
+	printf '%s\n' '{"private": true,' \
+		' "dependencies": {"@portkey-ai/gateway": "$(PORTKEY_VERSION)"},' \
+		' "overrides": {"@hono/node-server": "$(PORTKEY_HONO_NODE_SERVER)"}}' \
+		> $(PEERS)/portkey/package.json
+	cd $(PEERS)/portkey && npm install --no-audit --no-fund --ignore-scripts
+	touch $@
+
 chaos: $(DEVSTAMP)
 	$(BIN)/python -m bench.chaos
 
@@ -45,4 +77,4 @@ soak: $(DEVSTAMP)
 	$(BIN)/python -m bench.soak
 
 clean:
-	rm -rf $(VENV) .gatekeeper .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) .gatekeeper .pytest_cache .mypy_cache .ruff_cache

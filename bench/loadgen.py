@@ -111,10 +111,12 @@ def run_wrk(
     token: str | None,
     body: str = CHAT_BODY,
     threads: int = 1,
+    headers: dict[str, str] | None = None,
 ) -> tuple[WrkResult, str]:
     """One bounded wrk run against ``base_url`` + CHAT_PATH; returns (figures, raw report)."""
     url = loopback_only(base_url.rstrip("/") + CHAT_PATH)
     env = {**os.environ, "BENCH_TOKEN": token or "", "BENCH_BODY": body, "BENCH_PATH": CHAT_PATH}
+    env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())
     seconds = max(1, round(duration_s))
     cmd = [
         "wrk",
@@ -216,6 +218,7 @@ class Target:
     token: str | None
     pids: Callable[[], list[int]]
     workers: int = 0  # gateway worker processes (0: not a gateway)
+    headers: dict[str, str] = field(default_factory=dict)  # extra request headers (peers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +266,7 @@ def measure(target: Target, connections: int, duration: float, helpers: Helpers)
         machine_busy_seconds(),
         time.monotonic(),
     )
-    result, _ = run_wrk(target.url, connections, duration, target.token)
+    result, _ = run_wrk(target.url, connections, duration, target.token, headers=target.headers)
     pids = target.pids()
     after = (
         cpu_seconds(pids),
@@ -323,9 +326,11 @@ async def _one_stream(
     return ttft * 1000, len(events) - 1
 
 
-async def _streams(base_url: str, token: str | None, n: int, concurrency: int) -> StreamResult:
+async def _streams(
+    base_url: str, token: str | None, n: int, concurrency: int, extra: dict[str, str]
+) -> StreamResult:
     url = loopback_only(base_url.rstrip("/") + CHAT_PATH)
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **extra}
     if token:
         headers["authorization"] = f"Bearer {token}"
     ttfts: list[float] = []
@@ -365,11 +370,16 @@ async def _streams(base_url: str, token: str | None, n: int, concurrency: int) -
 
 
 def run_streams(
-    base_url: str, token: str | None, n: int = 200, concurrency: int = 8
+    base_url: str,
+    token: str | None,
+    n: int = 200,
+    concurrency: int = 8,
+    headers: dict[str, str] | None = None,
 ) -> StreamResult:
     """``n`` streaming chat completions, ``concurrency`` at a time, on a fresh uvloop."""
+    streams = _streams(base_url, token, n, concurrency, headers or {})
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(_streams(base_url, token, n, concurrency))
-    return uvloop.run(_streams(base_url, token, n, concurrency))
+        return asyncio.run(streams)
+    return uvloop.run(streams)

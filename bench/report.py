@@ -33,6 +33,7 @@ class Results:
     started: float = field(default_factory=time.time)
     wall_s: float = 0.0
     loadavg: list[str] = field(default_factory=list)  # /proc/loadavg at start and end
+    peers: list[str] = field(default_factory=list)  # peer gateways measured, with versions
 
     def note_load(self) -> None:
         with contextlib.suppress(OSError):
@@ -40,6 +41,18 @@ class Results:
 
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+PEERS_NOTE = (
+    "- **Peers:** other gateways as plain pass-throughs to the same upstream, installed by "
+    "`make bench-peers` (`bench/peers.py`). *LiteLLM proxy*: `litellm --config` with one "
+    "model `openai/gpt-4o-mini` at the upstream, `--num_workers 1`, a master key (the "
+    "bearer token), no database, no callbacks, local cost map. *Portkey gateway*: "
+    "`node build/start-server.js --headless`, routed by `x-portkey-provider: openai` and "
+    "`x-portkey-custom-host` headers, no config. Their CPU and RSS are of their own process "
+    "tree; added p50 is against a direct run interleaved with theirs. Portkey waits 25 ms "
+    "before the first chunk of every stream (`src/handlers/streamHandler.ts`), which its "
+    "TTFT includes."
+)
+DIRECT, GATEWAY = "direct (upstream only)", "gateway w1, full pipeline"  # stream targets
 BAR_RPS_PER_WORKER = 4000.0
 BAR_ADDED_P50_MS = 0.4
 
@@ -165,9 +178,9 @@ def _extra_tables(results: Results) -> list[str]:
         "",
         "### Added p50 latency at 1 connection",
         "",
-        "Per run: gateway p50 − direct p50, both measured in the same round.",
+        "Per run: gateway (or peer) p50 − direct p50, both measured in the same round.",
         "",
-        "| Token | per run (ms) | median (ms) |",
+        "| Token / peer | per run (ms) | median (ms) |",
         "|---|---|--:|",
     ]
     for name, values in results.added_p50_ms.items():
@@ -227,15 +240,20 @@ def _extra_tables(results: Results) -> list[str]:
                 f"| {name} | {s.requests} | {s.failed} | {s.ttft_p50_ms:.3f} "
                 f"| {s.ttft_p99_ms:.3f} | {s.chunks} | {s.chunks_per_s:,.0f} |"
             )
-        d, g = (
-            results.streams.get("direct (upstream only)"),
-            results.streams.get("gateway w1, full pipeline"),
-        )
+        d, g = results.streams.get(DIRECT), results.streams.get(GATEWAY)
         if d and g:
             out += [
                 "",
                 f"Added TTFT p50: {g.ttft_p50_ms - d.ttft_p50_ms:.3f} ms; "
                 f"p99: {g.ttft_p99_ms - d.ttft_p99_ms:.3f} ms.",
+            ]
+        others = [n for n in results.streams if n not in (DIRECT, GATEWAY)]
+        for name in others if d else []:  # the peer gateways
+            p = results.streams[name]
+            out += [
+                "",
+                f"Added TTFT, {name}: p50 {p.ttft_p50_ms - d.ttft_p50_ms:.3f} ms; "
+                f"p99: {p.ttft_p99_ms - d.ttft_p99_ms:.3f} ms.",
             ]
     for cmd, text in results.micro.items():
         out += ["", f"### `{cmd}`", "", "```text", text, "```"]
@@ -260,7 +278,8 @@ def render(results: Results, opts: Options) -> str:
         f"- **Command:** `{cmd}` (took {results.wall_s:.0f} s)",
         f"- **Machine:** {machine()}; load average (1/5/15 min) before → after: "
         f"{' → '.join(results.loadavg) or '?'}",
-        f"- **Versions:** {versions()}",
+        f"- **Versions:** {versions()}"
+        + (f"; peers: {', '.join(results.peers)}" if results.peers else ""),
         f"- **Method:** `wrk -t1 -c<conns> -d{opts.duration:.0f}s --latency -s "
         f"bench/wrk/chat.lua`, body `{CHAT_BODY}`; {opts.runs} run(s) × "
         f"{opts.duration:.0f} s per scenario after a {opts.warmup:.0f} s warm-up, "
@@ -277,6 +296,7 @@ def render(results: Results, opts: Options) -> str:
         "else during the run (other users' jobs: busy time from /proc/stat minus wrk, the "
         "upstream, nats-server and the target; approximate), in cores × 100% — well "
         "above 0% means that run shared the CPUs with someone else.",
+        *([PEERS_NOTE] if results.peers else []),
         "",
         "### Bars",
         "",

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.run                      3 runs x 10 s per scenario
     .venv/bin/python -m bench.run --quick              1 run x 3 s (smoke)
     .venv/bin/python -m bench.run --runs 3 --duration 10 --httpx-baseline --scaling
+    .venv/bin/python -m bench.run --quick --only peers   peer gateways vs direct only (printed)
 
 Starts, all on 127.0.0.1 free ports: the fake upstream (``bench.upstream``), a
 nats-server with JetStream, and ``python -m gatekeeper serve`` pointing a provider
@@ -12,6 +13,8 @@ streams with an aiohttp client, runs the micro-benchmarks in ``bench/`` and rewr
 the generated section of BENCHMARKS.md (between the ``bench:start``/``bench:end``
 markers; everything else in the file is kept). Every figure is the median of runs.
 Needs ``wrk`` on PATH (``apt-get install wrk``). Linux only (reads /proc).
+When ``make bench-peers`` has installed them, LiteLLM proxy and Portkey's gateway run the
+same scenarios as pass-throughs to the same upstream (``bench/peers.py``; ``--no-peers``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any, NoReturn
 
 import httpx
 
+from bench import peers
 from bench.loadgen import (
     CHAT_BODY,
     Helpers,
@@ -63,6 +67,8 @@ class Options:
     output: Path | None
     micro: bool
     argv: tuple[str, ...]
+    peers: bool = True  # LiteLLM proxy and Portkey, if `make bench-peers` installed them
+    only_peers: bool = False  # direct and the peers only: no gateway, baselines or micro
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +189,9 @@ def run_matrix(matrix: list[Scenario], opts: Options, helpers: Helpers) -> None:
     """Warm every scenario up once, then run them interleaved ``opts.runs`` times."""
     for sc in matrix:
         log(f"warm-up  {sc.target.name} c{sc.connections}")
-        run_wrk(sc.target.url, sc.connections, opts.warmup, sc.target.token)
+        run_wrk(
+            sc.target.url, sc.connections, opts.warmup, sc.target.token, headers=sc.target.headers
+        )
     for i in range(opts.runs):
         for sc in matrix:
             sample = measure(sc.target, sc.connections, opts.duration, helpers)
@@ -247,14 +255,18 @@ def bench(opts: Options, stack: contextlib.ExitStack, tmp: Path) -> Results:
         issuer.token("bench-plain"),
     )
     direct = Target("direct (upstream only)", stage.upstream_url, None, tree(upstream))
-    gw1 = one_worker(stage, direct, results)
-    streams(stage, gw1, results)
-    if opts.scaling:
-        gw1.stop()
-        scaling(stage, results)
-    if opts.httpx_baseline:
-        baselines(stage, results)
-    if opts.micro:
+    if not opts.only_peers:
+        gw1 = one_worker(stage, direct, results)
+        streams(stage, gw1, results)
+        if opts.scaling:
+            gw1.stop()
+            scaling(stage, results)
+        if opts.httpx_baseline:
+            baselines(stage, results)
+        gw1.stop()  # done with; idle, it would still share the CPUs with the peers
+    if opts.peers:
+        peer_gateways(stage, direct, results)
+    if opts.micro and not opts.only_peers:
         run_micro(results)
     results.note_load()
     results.wall_s = time.time() - results.started
@@ -316,6 +328,39 @@ def baselines(stage: Stage, results: Results) -> None:
     results.scenarios += matrix
 
 
+def peer_gateways(stage: Stage, direct: Target, results: Results) -> None:
+    """LiteLLM proxy and Portkey (``bench/peers.py``) vs direct at 1 and 32 connections."""
+    found = peers.available(stage.upstream_url, stage.tmp, (free_port(), free_port()))
+    if not found:
+        log(peers.HINT)
+        return
+    targets = []
+    for peer in found:
+        log(f"start    {peer.name} on port {peer.port}")
+        try:
+            proc = peers.start(peer, stage.stack, stage.tmp)
+        except RuntimeError as e:  # one broken peer must not cost the whole run
+            log(f"skipped  {peer.name}: {e}")
+            continue
+        results.peers.append(peer.version)
+        targets.append(Target(peer.name, peer.url, peer.token, tree(proc), headers=peer.headers))
+    if not targets:
+        return
+    base = Scenario(direct, 1)  # direct again, interleaved with the peers: their added p50
+    matrix = [Scenario(t, c) for c in (1, 32) for t in targets]
+    run_matrix([base, *matrix], stage.opts, stage.helpers)
+    results.scenarios += matrix
+    for sc in matrix[: len(targets)]:
+        results.added_p50_ms[sc.target.name] = added_p50(base, sc)
+    n, conc = stage.opts.stream_requests, stage.opts.stream_concurrency
+    log(f"streams  {n} x direct, peers (concurrency {conc})")
+    if direct.name not in results.streams:
+        results.streams[direct.name] = run_streams(stage.upstream_url, None, n, conc)
+    for t in targets:
+        s = results.streams[t.name] = run_streams(t.url, t.token, n, conc, t.headers)
+        log(f"         {t.name:<28} TTFT p50 {s.ttft_p50_ms:.3f} ms failed {s.failed}")
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -341,10 +386,18 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--no-write", action="store_true", help="print the section, keep the file")
     p.add_argument("--no-micro", action="store_true", help="skip bench/*_bench.py")
+    p.add_argument("--no-peers", action="store_true", help="skip LiteLLM proxy and Portkey")
+    p.add_argument(
+        "--only",
+        choices=["peers"],
+        help="peers: direct and the peer gateways only (implies --no-write)",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.runs, a.duration, a.warmup = 1, 3.0, 1.0
         a.stream_requests = min(a.stream_requests, 50)
+    if a.only == "peers" and a.no_peers:
+        p.error("--only peers and --no-peers exclude each other")
     if a.runs < 1 or a.duration < 1 or a.duration > 120:
         p.error("--runs must be >= 1 and --duration between 1 and 120 s")
     return Options(
@@ -358,9 +411,11 @@ def parse_args(argv: list[str]) -> Options:
         a.stream_concurrency,
         a.chunks,
         a.chunk_delay_ms,
-        None if a.no_write else a.output,
+        None if a.no_write or a.only == "peers" else a.output,
         not a.no_micro,
         tuple(argv),
+        not a.no_peers,
+        a.only == "peers",
     )
 
 
