@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 import orjson
 
 from gatekeeper.config import ProviderConfig
 from gatekeeper.errors import ProviderError, ProviderRejected
+from gatekeeper.providers import h1
 from gatekeeper.providers.anthropic_stream import SSEParser, StreamTranslator
 from gatekeeper.providers.anthropic_wire import (
     anthropic_headers,
@@ -22,7 +22,7 @@ from gatekeeper.providers.anthropic_wire import (
     to_anthropic_request,
 )
 from gatekeeper.providers.base import Call, Reply, ReplyStream, StreamState, Usage
-from gatekeeper.providers.http import make_session, mapped_errors, open_stream, post
+from gatekeeper.providers.http import make_pool, mapped_errors, open_stream, post
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; used when the client sets none
 
@@ -59,12 +59,12 @@ class _Translate:
 class AnthropicProvider:
     kind = "anthropic"
 
-    def __init__(self, cfg: ProviderConfig, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, cfg: ProviderConfig, pool: h1.Pool | None = None) -> None:
         self.name = cfg.name
         self.cfg = cfg
-        self.session = session or make_session(cfg)
-        self._headers = {**anthropic_headers(cfg.api_key), **dict(cfg.headers)}
-        self._url = f"{cfg.base_url}/v1/messages"
+        self.pool = pool or make_pool(cfg)
+        headers = {**anthropic_headers(cfg.api_key), **dict(cfg.headers)}
+        self._prefix = self.pool.head_prefix("/v1/messages", headers)
 
     def _payload(self, call: Call, *, stream: bool) -> bytes:
         body = to_anthropic_request(
@@ -75,12 +75,11 @@ class AnthropicProvider:
         body["stream"] = stream
         return orjson.dumps(body)
 
-    async def _post(self, payload: bytes) -> aiohttp.ClientResponse:
+    async def _post(self, payload: bytes) -> h1.Response:
         return await post(
-            self.session,
-            self._url,
+            self.pool,
+            self._prefix,
             payload,
-            self._headers,
             provider=self.name,
             read_error=read_anthropic_error,
         )
@@ -129,4 +128,4 @@ class AnthropicProvider:
         )
 
     async def aclose(self) -> None:
-        await self.session.close()
+        await self.pool.aclose()

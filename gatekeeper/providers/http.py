@@ -1,7 +1,7 @@
-"""The upstream HTTP client (aiohttp) and the one place its errors become ours.
+"""The upstream HTTP client (``providers.h1``) and the one place its errors become ours.
 
-Why aiohttp rather than httpx: see README "Dependencies" and BENCHMARKS.md — the
-httpx pass-through could not reach the foundation issue's 4,000 req/s bar.
+Why a lean client of our own rather than aiohttp or httpx: see ``h1``'s docstring,
+README "Upstream HTTP client" and BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Protocol
 
-import aiohttp
-
 from gatekeeper.config import ProviderConfig
 from gatekeeper.errors import (
     ProviderError,
@@ -21,56 +19,38 @@ from gatekeeper.errors import (
     ProviderUnavailable,
     StreamInterrupted,
 )
+from gatekeeper.providers import h1
 
 
-def make_session(cfg: ProviderConfig) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=cfg.pool_size,
-        limit_per_host=cfg.pool_size,
-        keepalive_timeout=60,
-        ttl_dns_cache=300,
-        enable_cleanup_closed=False,
-    )
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=cfg.timeouts.connect_s, sock_read=cfg.timeouts.first_byte_s
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=True,
-        skip_auto_headers=("User-Agent",),
-        raise_for_status=False,
+def make_pool(cfg: ProviderConfig) -> h1.Pool:
+    return h1.Pool(
+        cfg.base_url,
+        size=cfg.pool_size,
+        connect_s=cfg.timeouts.connect_s,
+        read_s=cfg.timeouts.first_byte_s,
     )
 
 
 @contextlib.contextmanager
 def mapped_errors(provider: str, *, streaming: bool = False) -> Iterator[None]:
-    """Translate aiohttp/asyncio failures into the gateway's ProviderError tree."""
+    """Translate upstream-client and timeout failures into the gateway's ProviderError tree."""
     try:
         yield
     except ProviderError:
         raise
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except TimeoutError as exc:  # h1.ReadTimeout, or an asyncio.timeout around the call
         raise ProviderTimeout(
             f"{provider}: timed out waiting for the upstream", provider=provider
         ) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise ProviderUnavailable(
-            f"{provider}: cannot connect to the upstream ({exc.strerror})", provider=provider
-        ) from exc
-    except (
-        aiohttp.ClientPayloadError,
-        aiohttp.ServerDisconnectedError,
-        aiohttp.ClientOSError,
-    ) as exc:
+    except h1.ConnectFailed as exc:
+        raise ProviderUnavailable(f"{provider}: {exc}", provider=provider) from exc
+    except h1.ConnectionClosed as exc:
         cls = StreamInterrupted if streaming else ProviderError
         raise cls(
             f"{provider}: the upstream closed the connection early", provider=provider
         ) from exc
-    except aiohttp.ClientError as exc:
-        raise ProviderError(
-            f"{provider}: upstream HTTP error ({type(exc).__name__})", provider=provider
-        ) from exc
+    except h1.UpstreamError as exc:
+        raise ProviderError(f"{provider}: {exc}", provider=provider) from exc
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -128,23 +108,21 @@ ErrorReader = Callable[[int, bytes], tuple[str, str | None, str | None]]
 
 
 async def post(
-    session: aiohttp.ClientSession,
-    url: str,
+    pool: h1.Pool,
+    prefix: bytes,
     payload: bytes,
-    headers: dict[str, str],
+    extra: bytes = b"",
     *,
     provider: str,
     read_error: ErrorReader,
-) -> aiohttp.ClientResponse:
-    """POST and wait for the status line; a non-2xx becomes a ProviderError.
+) -> h1.Response:
+    """POST and wait for the response head; a non-2xx becomes a ProviderError.
 
-    The wait is bounded by the session's ``sock_read`` timeout (the provider's
-    ``first_byte_s``), which aiohttp applies to the response head as well.
+    The wait is bounded by the pool's ``read_s`` (the provider's ``first_byte_s``).
     """
-    resp = await session.post(url, data=payload, headers=headers)
+    resp = await pool.post(prefix, payload, extra)
     if resp.status >= 400:
         raw = await resp.read()
-        resp.release()
         reason, code, param = read_error(resp.status, raw)
         raise status_error(
             provider, resp.status, reason, resp.headers.get("retry-after"), code=code, param=param
@@ -162,7 +140,7 @@ class Translate(Protocol):
 
 
 async def open_stream(
-    resp: aiohttp.ClientResponse, tr: Translate, *, provider: str, first_byte_s: float
+    resp: h1.Response, tr: Translate, *, provider: str, first_byte_s: float
 ) -> tuple[bytes, AsyncIterator[bytes]]:
     """Read up to the first forwardable bytes (bounded), then hand back the rest lazily.
 
@@ -172,7 +150,7 @@ async def open_stream(
     try:
         async with asyncio.timeout(first_byte_s):
             while True:
-                data = await resp.content.readany()
+                data = await resp.read_chunk()
                 if not data:
                     raise StreamInterrupted(
                         f"{provider}: stream ended before any chunk", provider=provider
@@ -188,7 +166,7 @@ async def open_stream(
         try:
             with mapped_errors(provider, streaming=True):
                 while not tr.finished:
-                    data = await resp.content.readany()
+                    data = await resp.read_chunk()
                     if not data:
                         break
                     out = tr.feed(data)

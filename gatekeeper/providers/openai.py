@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 import orjson
 
 from gatekeeper.config import ProviderConfig
 from gatekeeper.errors import ProviderError
+from gatekeeper.providers import h1
 from gatekeeper.providers.base import Call, Reply, ReplyStream, StreamState, Usage
-from gatekeeper.providers.http import make_session, mapped_errors, open_stream, post
+from gatekeeper.providers.http import make_pool, mapped_errors, open_stream, post
 from gatekeeper.providers.sse import OpenAIStreamFilter
 
 
@@ -36,30 +36,30 @@ def read_openai_error(status: int, raw: bytes) -> tuple[str, str | None, str | N
 class OpenAIProvider:
     kind = "openai"
 
-    def __init__(self, cfg: ProviderConfig, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, cfg: ProviderConfig, pool: h1.Pool | None = None) -> None:
         self.name = cfg.name
         self.cfg = cfg
-        self.session = session or make_session(cfg)
-        self._headers = {"content-type": "application/json", **dict(cfg.headers)}
+        self.pool = pool or make_pool(cfg)
+        headers = {"content-type": "application/json", **dict(cfg.headers)}
         if cfg.api_key:
-            self._headers["authorization"] = f"Bearer {cfg.api_key}"
-        self._chat_url = f"{cfg.base_url}/chat/completions"
-        self._emb_url = f"{cfg.base_url}/embeddings"
+            headers["authorization"] = f"Bearer {cfg.api_key}"
+        self._chat = self.pool.head_prefix("/chat/completions", headers)
+        self._emb = self.pool.head_prefix("/embeddings", headers)
 
-    async def _post(self, url: str, payload: bytes, call: Call) -> aiohttp.ClientResponse:
+    async def _post(self, prefix: bytes, payload: bytes, call: Call) -> h1.Response:
         return await post(
-            self.session,
-            url,
+            self.pool,
+            prefix,
             payload,
-            {**self._headers, "x-request-id": call.request_id},
+            b"x-request-id: %s\r\n" % call.request_id.encode("latin-1"),
             provider=self.name,
             read_error=read_openai_error,
         )
 
-    async def _unary(self, url: str, call: Call) -> Reply:
+    async def _unary(self, prefix: bytes, call: Call) -> Reply:
         with mapped_errors(self.name):
             async with asyncio.timeout(self.cfg.timeouts.total_s):
-                resp = await self._post(url, upstream_body(call, stream=False), call)
+                resp = await self._post(prefix, upstream_body(call, stream=False), call)
                 raw = await resp.read()
         try:
             usage = Usage.from_openai(orjson.loads(raw).get("usage"))
@@ -70,16 +70,16 @@ class OpenAIProvider:
         return Reply(raw, usage or Usage())
 
     async def chat(self, call: Call) -> Reply:
-        return await self._unary(self._chat_url, call)
+        return await self._unary(self._chat, call)
 
     async def embeddings(self, call: Call) -> Reply:
-        return await self._unary(self._emb_url, call)
+        return await self._unary(self._emb, call)
 
     async def chat_stream(self, call: Call) -> ReplyStream:
         state = StreamState()
         filt = OpenAIStreamFilter(state, include_usage=call.include_usage)
         with mapped_errors(self.name, streaming=True):
-            resp = await self._post(self._chat_url, upstream_body(call, stream=True), call)
+            resp = await self._post(self._chat, upstream_body(call, stream=True), call)
             first, rest = await open_stream(
                 resp, filt, provider=self.name, first_byte_s=self.cfg.timeouts.first_byte_s
             )
@@ -90,4 +90,4 @@ class OpenAIProvider:
         return ReplyStream(first, rest, state, close)
 
     async def aclose(self) -> None:
-        await self.session.close()
+        await self.pool.aclose()

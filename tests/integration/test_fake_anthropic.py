@@ -1,7 +1,8 @@
 """The fake Anthropic server speaks the documented wire format over real loopback HTTP.
 
-The client is aiohttp, the gateway's own upstream client, so what these tests see is
-what the provider pool will see.
+The client here is a plain aiohttp session, independent of the gateway's own upstream
+client (``gatekeeper.providers.h1``, tested in ``test_upstream_client.py``), so a bug in
+one cannot hide a bug in the other.
 """
 
 from __future__ import annotations
