@@ -83,6 +83,26 @@ def wire_bytes(sealed: SealedRecord) -> bytes:
     return _ENCODER.encode(sealed.to_dict()).encode("utf-8")
 
 
+def _splice_wire(canonical: bytes, digest: str, sig: str) -> bytes:
+    """``wire_bytes`` of a record from its canonical bytes, without encoding it again.
+
+    With sorted keys, ``"hash"`` sits just before ``"key_id"`` and ``"sig"`` just
+    before ``"sig_kid"``. ``,"key_id":`` can only be that top-level key: inside a JSON
+    string every ``"`` is escaped, and no nested object has such a key.
+    """
+    at_key = canonical.index(b',"key_id":')
+    at_kid = canonical.index(b',"sig_kid":', at_key)
+    return b"".join(
+        (
+            canonical[:at_key],
+            b',"hash":"%s"' % digest.encode("ascii"),
+            canonical[at_key:at_kid],
+            b',"sig":"%s"' % sig.encode("ascii"),
+            canonical[at_kid:],
+        )
+    )
+
+
 class AuditChain:
     """Seals one node's records into its chain: assigns seq and prev, hashes, signs.
 
@@ -126,6 +146,10 @@ class AuditChain:
 
     def seal(self, record: AuditRecord) -> SealedRecord:
         """Place ``record`` next in this node's chain and sign it."""
+        return self.seal_wire(record)[0]
+
+    def seal_wire(self, record: AuditRecord) -> tuple[SealedRecord, bytes]:
+        """``seal(record)`` and its ``wire_bytes``, encoding the record only once."""
         if record.node_id != self.node_id:
             raise ValueError(f"record of node {record.node_id!r} given to chain {self.node_id!r}")
         body = record.to_dict()
@@ -133,17 +157,16 @@ class AuditChain:
         with self._lock:
             seq, prev = self._seq + 1, self._hash
             body["seq"], body["prev"] = seq, prev
-            digest = hashlib.sha256(_ENCODER.encode(body).encode("utf-8")).digest()
+            canonical = _ENCODER.encode(body).encode("utf-8")
+            digest = hashlib.sha256(canonical).digest()
             signature = self._key.sign(digest).signature
             self._seq, self._hash = seq, digest.hex()
-        return SealedRecord(
-            record=record,
-            seq=seq,
-            prev=prev,
-            sig_kid=self.key_id,
-            hash=digest.hex(),
-            sig=b64encode(signature),
+            hex_digest = self._hash
+        sig = b64encode(signature)
+        sealed = SealedRecord(
+            record=record, seq=seq, prev=prev, sig_kid=self.key_id, hash=hex_digest, sig=sig
         )
+        return sealed, _splice_wire(canonical, hex_digest, sig)
 
     def state(self) -> tuple[int, str]:
         """``(last seq, last hash)``: what a restarted node needs to continue."""

@@ -33,7 +33,7 @@ import structlog
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
-from gatekeeper.audit.chain import AuditChain, wire_bytes
+from gatekeeper.audit.chain import AuditChain
 from gatekeeper.audit.record import Attempt, AuditRecord, rfc3339_ms
 from gatekeeper.audit.spool import AuditSpool
 from gatekeeper.bus.acks import AckedPublisher
@@ -122,9 +122,8 @@ class AuditPublisher:
 
     async def commit(self, ex: Exchange) -> None:
         record = to_record(ex, self.node_id, time.time())
-        sealed = self.chain.seal(record)
+        sealed, data = self.chain.seal_wire(record)
         subject = audit_subject(record.tenant, self.node_id)
-        data = wire_bytes(sealed)
         msg_id = _msg_id(self.node_id, sealed.seq, sealed.hash)
         if not self.strict:
             try:

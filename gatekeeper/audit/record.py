@@ -62,8 +62,8 @@ def rfc3339_ms(epoch_seconds: float) -> str:
 
 
 def _clean_text(value: str | None) -> str | None:
-    if value is None:
-        return None
+    if value is None or (len(value) <= MAX_TEXT and value.isascii()):
+        return value
     if len(value) > MAX_TEXT:
         value = value[: MAX_TEXT - 1] + "…"
     try:

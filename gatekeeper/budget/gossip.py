@@ -4,10 +4,11 @@
     node B ledger ──own slot──▶ KV  tok.key_1.d20261122.B  ──watch──▶ node A, C ledgers
 
 * Key ``{counter_id}.{node_id}``, value ``PNSlot`` bytes; only the owner writes it.
-* After every settle the changed own slots are published at once (core publish to
-  the bucket's subject, no round trip), so in strict audit mode a node's spend is on
-  its way to JetStream before the response ends. Every ``interval`` the slots not yet
-  acknowledged are put again with an acked ``put`` (this is what survives outages).
+* After a reserve or settle the changed own slots are published within
+  ``FAST_FLUSH_S`` (core publish to the bucket's subject, no round trip; changes in
+  that window are coalesced, one message per changed slot). Every ``interval`` the
+  slots not yet acknowledged are put again with an acked ``put`` (this is what
+  survives outages).
 * At start a node loads its own slots before it admits traffic (no budget
   resurrection after SIGKILL), and the watcher merges every other node's slots.
 * NATS unreachable: the ledger keeps enforcing with its last merged view plus its
@@ -38,6 +39,7 @@ from internal.crdt import PNSlot
 log = structlog.get_logger("gatekeeper.gossip")
 
 GC_EVERY_S = 60.0
+FAST_FLUSH_S = 0.005  # adds at most this to the gossip delay d; coalesces busy slots
 
 
 def split_key(key: str) -> tuple[str, str] | None:
@@ -113,10 +115,10 @@ class Gossip:
         return fresh
 
     def changed(self) -> None:
-        """Called after own slots changed: publish them on the next loop turn."""
+        """Called after own slots changed: publish them within ``FAST_FLUSH_S``."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._fast_flush)
+            asyncio.get_running_loop().call_later(FAST_FLUSH_S, self._fast_flush)
 
     def _fast_flush(self) -> None:
         self._flush_scheduled = False

@@ -4,7 +4,9 @@ nats-py's ``js.publish`` costs ~80 µs of client CPU per message (a request/repl
 round with a fresh inbox token and a full JSON parse of every ack); this costs
 about half: one wildcard subscription, a future per message, and the ack read
 only far enough to tell success from an error. Many publishes can be in flight at
-once (pipelined acks); each caller awaits only its own.
+once (pipelined acks); each caller awaits only its own. Deadlines are kept by one
+sweeper task (every ``SWEEP_S``) rather than a timer per message, so a publish
+times out between ``timeout_s`` and ``timeout_s + SWEEP_S`` after it was sent.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+
+SWEEP_S = 0.1
 
 
 class PublishNotAcked(NatsError):
@@ -27,13 +32,27 @@ class AckedPublisher:
     def __init__(self, nc: Client) -> None:
         self.nc = nc
         self.pending: dict[int, asyncio.Future[None]] = {}
+        self._deadlines: dict[int, float] = {}
         self._ids = itertools.count(1)
         self._prefix = ""
         self._sub: Any = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._prefix = f"_INBOX.gkack.{self.nc._nuid.next().decode()}"
         self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_ack)
+        self._sweeper = asyncio.ensure_future(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = time.monotonic()
+            late = [n for n, at in self._deadlines.items() if at <= now]
+            for n in late:
+                del self._deadlines[n]
+                fut = self.pending.pop(n, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(TimeoutError("JetStream did not acknowledge in time"))
 
     async def _on_ack(self, msg: Msg) -> None:
         try:
@@ -56,16 +75,21 @@ class AckedPublisher:
         n = next(self._ids)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending[n] = fut
+        self._deadlines[n] = time.monotonic() + timeout_s
         try:
             await self.nc.publish(
                 subject, data, reply=f"{self._prefix}.{n}", headers={"Nats-Msg-Id": msg_id}
             )
-            async with asyncio.timeout(timeout_s):
-                await fut
+            await fut
         finally:
             self.pending.pop(n, None)
+            self._deadlines.pop(n, None)
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self._sub is not None:
             with contextlib.suppress(NatsError):
                 await self._sub.unsubscribe()

@@ -6,7 +6,6 @@ the HTTP and keeps the stream's usage for the budget and audit steps.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import orjson
@@ -62,6 +61,7 @@ class AnthropicProvider:
     def __init__(self, cfg: ProviderConfig, pool: h1.Pool | None = None) -> None:
         self.name = cfg.name
         self.cfg = cfg
+        self.total_timeout_s = cfg.timeouts.total_s
         self.pool = pool or make_pool(cfg)
         headers = {**anthropic_headers(cfg.api_key), **dict(cfg.headers)}
         self._prefix = self.pool.head_prefix("/v1/messages", headers)
@@ -86,10 +86,9 @@ class AnthropicProvider:
 
     async def chat(self, call: Call) -> Reply:
         payload = self._payload(call, stream=False)
-        with mapped_errors(self.name):
-            async with asyncio.timeout(self.cfg.timeouts.total_s):
-                resp = await self._post(payload)
-                raw = await resp.read()
+        with mapped_errors(self.name):  # bounded by total_timeout_s in the pool
+            resp = await self._post(payload)
+            raw = await resp.read()
         try:
             message = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -85,6 +85,7 @@ class Provider(Protocol):
 
     name: str
     kind: str
+    total_timeout_s: float  # bound on one unary call (the pool applies it); inf: none
 
     async def chat(self, call: Call) -> Reply: ...
 

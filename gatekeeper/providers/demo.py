@@ -85,6 +85,7 @@ def _tokens(text: str) -> int:
 
 class DemoProvider:
     kind = "demo"
+    total_timeout_s = float("inf")
 
     def __init__(self, name: str = DEMO_PROVIDER, chunk_delay_s: float = 0.02) -> None:
         self.name = name

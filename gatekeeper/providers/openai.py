@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 
 from gatekeeper.config import ProviderConfig
@@ -39,6 +37,7 @@ class OpenAIProvider:
     def __init__(self, cfg: ProviderConfig, pool: h1.Pool | None = None) -> None:
         self.name = cfg.name
         self.cfg = cfg
+        self.total_timeout_s = cfg.timeouts.total_s
         self.pool = pool or make_pool(cfg)
         headers = {"content-type": "application/json", **dict(cfg.headers)}
         if cfg.api_key:
@@ -57,10 +56,9 @@ class OpenAIProvider:
         )
 
     async def _unary(self, prefix: bytes, call: Call) -> Reply:
-        with mapped_errors(self.name):
-            async with asyncio.timeout(self.cfg.timeouts.total_s):
-                resp = await self._post(prefix, upstream_body(call, stream=False), call)
-                raw = await resp.read()
+        with mapped_errors(self.name):  # bounded by total_timeout_s in the pool
+            resp = await self._post(prefix, upstream_body(call, stream=False), call)
+            raw = await resp.read()
         try:
             usage = Usage.from_openai(orjson.loads(raw).get("usage"))
         except (orjson.JSONDecodeError, AttributeError):

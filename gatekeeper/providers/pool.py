@@ -78,12 +78,12 @@ class ProviderPool:
         return frozenset(n for n, b in self.breakers.items() if b.state == "open")
 
     async def chat(self, plan: Sequence[ModelSpec], call: Call, deadline: float) -> Served[Reply]:
-        return await self._run(plan, call, deadline, lambda p, c: p.chat(c))
+        return await self._run(plan, call, deadline, lambda p, c: p.chat(c), unary=True)
 
     async def embeddings(
         self, plan: Sequence[ModelSpec], call: Call, deadline: float
     ) -> Served[Reply]:
-        return await self._run(plan, call, deadline, lambda p, c: p.embeddings(c))
+        return await self._run(plan, call, deadline, lambda p, c: p.embeddings(c), unary=True)
 
     async def chat_stream(
         self, plan: Sequence[ModelSpec], call: Call, deadline: float
@@ -96,7 +96,12 @@ class ProviderPool:
         call: Call,
         deadline: float,
         op: Callable[[Provider, Call], Awaitable[T]],
+        *,
+        unary: bool = False,
     ) -> Served[T]:
+        """Try ``plan`` in order. Each attempt is bounded by the request's ``deadline``
+        and, for a unary call, by its provider's ``total_timeout_s``; a stream's
+        attempt ends at its first chunk (the pipeline bounds the rest)."""
         attempts: list[Attempt] = []
         errors: list[ProviderError] = []
         tries_of: dict[str, int] = {}
@@ -115,13 +120,20 @@ class ProviderPool:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 break
+            provider = self.providers[model.provider]
+            limit = min(remaining, provider.total_timeout_s) if unary else remaining
             started = self.clock()
             try:
-                async with asyncio.timeout(remaining):
-                    result = await op(self.providers[model.provider], _with_model(call, model))
+                async with asyncio.timeout(limit):
+                    result = await op(provider, _with_model(call, model))
             except TimeoutError:
+                why = (
+                    "overall deadline reached"
+                    if limit == remaining
+                    else "timed out waiting for the upstream"
+                )
                 err: ProviderError = ProviderTimeout(
-                    f"{model.provider}: overall deadline reached", provider=model.provider
+                    f"{model.provider}: {why}", provider=model.provider
                 )
             except ProviderError as exc:
                 if not should_fail_over(exc, self.policy):  # the client's own error, or a

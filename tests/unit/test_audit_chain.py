@@ -320,3 +320,18 @@ class TestDocumentedSnippet:
         dropped = [records[0], records[2], records[3]]
         with pytest.raises(ValueError, match="missing"):
             verify_node(self._export(tmp_path, dropped), "gk-1", node_public_key_text(key))
+
+
+class TestSealWire:
+    def test_spliced_wire_bytes_equal_a_fresh_encoding(self) -> None:
+        """The publisher's one-encode wire bytes are byte for byte ``wire_bytes``."""
+        chain = AuditChain("gk-1", SigningKey.generate())
+        hostile = 'x","key_id":"forged\\",\\"sig_kid\\":"'  # key-like text in a value
+        records = (
+            make_record(),
+            make_record(error_code=hostile),  # sorts before key_id: the splice must skip it
+            make_record(tenant="café", requested_model=hostile),
+        )
+        for record in records:
+            sealed, wire = chain.seal_wire(record)
+            assert wire == wire_bytes(sealed)

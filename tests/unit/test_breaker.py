@@ -126,6 +126,7 @@ class FakeProvider:
     hang: bool = False
     calls: list[float] = field(default_factory=list)
     kind: str = "fake"
+    total_timeout_s: float = float("inf")
 
     async def chat(self, call: Call) -> Reply:
         self.calls.append(time.monotonic())
