@@ -1,9 +1,11 @@
 """Acknowledged JetStream publishing with one reply subscription for all messages.
 
 nats-py's ``js.publish`` costs ~80 µs of client CPU per message (a request/reply
-round with a fresh inbox token and a full JSON parse of every ack); this costs
-about half: one wildcard subscription, a future per message, and the ack read
-only far enough to tell success from an error. Many publishes can be in flight at
+round with a fresh inbox token and a full JSON parse of every ack); this costs a
+fraction: the message goes out through ``wire.BatchWriter`` (no coroutine, one write
+per loop turn), acks arrive on one wildcard subscription delivered synchronously
+(``wire.AckSink``), a future per message, and the ack read only far enough to
+tell success from an error. Many publishes can be in flight at
 once (pipelined acks); each caller awaits only its own. Deadlines are kept by one
 sweeper task (every ``SWEEP_S``) rather than a timer per message, so a publish
 times out between ``timeout_s`` and ``timeout_s + SWEEP_S`` after it was sent.
@@ -21,6 +23,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
+from gatekeeper.bus.wire import AckSink, BatchWriter
+
 SWEEP_S = 0.1
 
 
@@ -31,6 +35,7 @@ class PublishNotAcked(NatsError):
 class AckedPublisher:
     def __init__(self, nc: Client) -> None:
         self.nc = nc
+        self.writer: BatchWriter | None = None
         self.pending: dict[int, asyncio.Future[None]] = {}
         self._deadlines: dict[int, float] = {}
         self._ids = itertools.count(1)
@@ -40,7 +45,9 @@ class AckedPublisher:
 
     async def start(self) -> None:
         self._prefix = f"_INBOX.gkack.{self.nc._nuid.next().decode()}"
-        self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_ack)
+        self.writer = BatchWriter(self.nc)
+        sink: Any = AckSink(self._on_ack)
+        self._sub = await self.nc.subscribe(f"{self._prefix}.*", future=sink)
         self._sweeper = asyncio.ensure_future(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
@@ -54,7 +61,8 @@ class AckedPublisher:
                 if fut is not None and not fut.done():
                     fut.set_exception(TimeoutError("JetStream did not acknowledge in time"))
 
-    async def _on_ack(self, msg: Msg) -> None:
+    def _on_ack(self, msg: Msg) -> None:
+        """Runs inside the client's read loop: must not raise."""
         try:
             n = int(msg.subject[len(self._prefix) + 1 :])
         except ValueError:
@@ -77,9 +85,8 @@ class AckedPublisher:
         self.pending[n] = fut
         self._deadlines[n] = time.monotonic() + timeout_s
         try:
-            await self.nc.publish(
-                subject, data, reply=f"{self._prefix}.{n}", headers={"Nats-Msg-Id": msg_id}
-            )
+            assert self.writer is not None, "start() first"
+            self.writer.publish(subject, data, f"{self._prefix}.{n}", msg_id)
             await fut
         finally:
             self.pending.pop(n, None)

@@ -1,7 +1,9 @@
 """Fire-and-forget NATS publishing without a task per message.
 
-Messages are queued synchronously (safe from any callback) and written by one
-drain coroutine, in order. When NATS is disconnected the queue is bounded:
+``put`` is synchronous (safe from any callback). While connected, with nothing
+queued, a message goes straight to ``wire.BatchWriter`` (written at the end of
+the loop turn). Otherwise it is queued and one drain coroutine writes the queue,
+in order, once NATS is back. While NATS is disconnected the queue is bounded:
 the oldest messages are dropped and counted (events are telemetry; the audit
 trail and budget slots have their own durable paths).
 """
@@ -15,6 +17,8 @@ import contextlib
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
+from gatekeeper.bus.wire import BatchWriter
+
 Message = tuple[str, bytes, dict[str, str] | None]
 
 
@@ -25,14 +29,22 @@ class Outbox:
         self.dropped = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._writer: BatchWriter | None = None
 
     def put(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        writer = self._writer
+        if writer is not None and not self.queue and self.nc.is_connected:
+            msg_id = headers.get("Nats-Msg-Id") if headers else None
+            if headers is None or (msg_id is not None and len(headers) == 1):
+                writer.publish(subject, data, msg_id=msg_id)
+                return
         if len(self.queue) == self.queue.maxlen:
             self.dropped += 1
         self.queue.append((subject, data, headers))
         self._wake.set()
 
     def start(self) -> None:
+        self._writer = BatchWriter(self.nc)
         self._task = asyncio.ensure_future(self._drain_forever())
 
     async def _drain_forever(self) -> None:
