@@ -50,6 +50,7 @@ class RouteDecision:
     mode: str
     reason: str
     event: dict[str, Any] = field(default_factory=dict)  # for BH_EVENTS
+    prompt_tokens: int = 0  # the router's prompt estimate (0: not estimated)
 
     def headers(self) -> dict[str, str]:
         return {"x-gatekeeper-routing-mode": self.mode, "x-gatekeeper-route-reason": self.reason}

@@ -105,15 +105,30 @@ class LedgerAdmission:
         # against. Set at its first admission here, so a restarted node does not report
         # again the lines that were passed before it started.
         self._alert_checked: dict[str, int] = {}
+        self._plans: dict[tuple[int, Claims], tuple[dict[str, str], dict[str, int]]] = {}
+
+    def _plan(self, claims: Claims, now: datetime) -> tuple[dict[str, str], dict[str, int]]:
+        """``plan_counters``, computed once per key and minute (every window this uses
+        — minute, day, month, total — changes only on a minute boundary)."""
+        cache_key = (int(now.timestamp()) // 60, claims)
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            if len(self._plans) >= 4096:
+                self._plans.clear()
+            plan = self._plans[cache_key] = plan_counters(claims, now)
+        return plan
 
     def admit(self, ex: Exchange, req: ChatRequest | None) -> Ticket | None:
         claims = ex.claims
         if claims is None:
             return None
         now = self.clock()
-        ids, limits = plan_counters(claims, now)
+        ids, limits = self._plan(claims, now)
         if req is not None:
-            prompt = estimate_tokens(req.body["messages"])
+            route = ex.route
+            prompt = route.prompt_tokens if route is not None and route.prompt_tokens else None
+            if prompt is None:
+                prompt = estimate_tokens(req.body["messages"])
             completion = req.max_tokens or self.default_max_tokens
         else:  # embeddings: the input is the whole cost
             prompt, completion = max(1, ex.input_chars // 4), 0
@@ -202,7 +217,7 @@ class LedgerAdmission:
         if isinstance(ex.ticket, Ticket):
             ids, limits = ex.ticket.ids, ex.ticket.limits
         elif ex.claims is not None and (ex.claims.rpm is not None or ex.claims.tpm is not None):
-            ids, limits = plan_counters(ex.claims, now)
+            ids, limits = self._plan(ex.claims, now)
         else:
             return {}
         reset = seconds_to_reset("minute", now) or 0.0

@@ -17,6 +17,7 @@ compatible — never a silent change to an audit stream.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,7 @@ def subject_token(value: str) -> str:
     return _TOKEN_RE.sub("_", value)[:128] or "_"
 
 
+@functools.lru_cache(maxsize=4096)
 def audit_subject(tenant: str, node_id: str) -> str:
     return f"bh.audit.{subject_token(tenant)}.{subject_token(node_id)}"
 

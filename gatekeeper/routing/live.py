@@ -10,11 +10,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gatekeeper.auth.claims import Claims, model_allowed
-from gatekeeper.errors import GatewayError, ModelNotFound
+from gatekeeper.errors import ModelNotFound
 from gatekeeper.pipeline import RouteDecision
 from gatekeeper.providers.failover import plan_attempts
 from gatekeeper.routing.matrix import Matrix, ModelSpec
-from gatekeeper.routing.router import AUTO, Requirements, Route, choose, parse_mode
+from gatekeeper.routing.router import AUTO, Requirements, Route, choose, parse_mode, peers
 from gatekeeper.routing.scorer import score
 from gatekeeper.validate import ChatRequest
 
@@ -97,25 +97,12 @@ class LiveRouter:
             raise
         fallbacks = route.fallbacks
         if req.model != AUTO:  # a named model fails over to the best peer on each provider
-            try:
-                peers = choose(
-                    visible,
-                    requested_model=AUTO,
-                    mode="capability",
-                    complexity=complexity,
-                    quality_threshold=threshold,
-                    needs=needs,
-                    health=health,
-                    open_breakers=open_breakers,
-                )
-            except GatewayError:  # no peer fits: the named model has no fallback
-                fallbacks = ()
-            else:
-                fallbacks = tuple(
-                    m for m in (peers.model, *peers.fallbacks) if m.provider != route.model.provider
-                )
+            ranked = peers(visible, complexity.task, needs, open_breakers)
+            fallbacks = tuple(m for m in ranked if m.provider != route.model.provider)
         plan = plan_attempts(route.model, fallbacks, self.chain)
-        return RouteDecision(route.model, plan, mode, route.reason, _event(route, plan))
+        return RouteDecision(
+            route.model, plan, mode, route.reason, _event(route, plan), needs.prompt_tokens
+        )
 
     def route_embedding(self, model: str) -> RouteDecision:
         spec = self.matrix.get(model)

@@ -86,8 +86,7 @@ class Requirements:
 
     def capabilities(self) -> frozenset[str]:
         """The capabilities a model must offer."""
-        flags = (self.needs_tools, self.needs_vision, self.needs_json)
-        return frozenset(name for name, on in zip(_NEEDS, flags, strict=True) if on)
+        return _WANTED[self.needs_tools, self.needs_vision, self.needs_json]
 
     def fits(self, spec: ModelSpec) -> bool:
         """Whether ``spec`` holds the prompt plus the requested completion."""
@@ -97,6 +96,12 @@ class Requirements:
 
 
 NO_REQUIREMENTS = Requirements()
+_WANTED: dict[tuple[bool, bool, bool], frozenset[str]] = {
+    (t, v, j): frozenset(name for name, on in zip(_NEEDS, (t, v, j), strict=True) if on)
+    for t in (False, True)
+    for v in (False, True)
+    for j in (False, True)
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +237,23 @@ def _requested(
                 code="unsupported_parameter",
             )
     return Route(spec, mode, complexity, (spec.name,), (), _ascii(f"requested model {name}"))
+
+
+def peers(
+    matrix: Matrix, task: str, needs: Requirements, open_breakers: frozenset[str]
+) -> tuple[ModelSpec, ...]:
+    """The failover order for a named model: what ``choose(mode="capability")`` ranks
+    (highest ``task`` quality first, ties cheaper; open breakers last resort), without
+    building its reason. Empty if no model fits."""
+    wanted = needs.capabilities()
+    eligible = [
+        spec
+        for spec in matrix.of_kind(needs.kind)
+        if wanted <= spec.capabilities and needs.fits(spec)
+    ]
+    if open_breakers:
+        eligible = [s for s in eligible if s.provider not in open_breakers] or eligible
+    return tuple(sorted(eligible, key=lambda m: (-m.quality_for(task), m.blended_per_1k, m.name)))
 
 
 def _eligible(matrix: Matrix, needs: Requirements) -> list[ModelSpec]:
