@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import time
 from collections import Counter
@@ -44,6 +45,7 @@ log = structlog.get_logger("gatekeeper.audit")
 
 PUBLISH_TIMEOUT_S = 2.0
 ASYNC_QUEUE = 10_000
+ASYNC_WINDOW = 1024  # async mode: records published but not yet acknowledged
 DRAIN_BATCH = 256  # spooled records replayed per spool read, acknowledged together
 
 
@@ -101,6 +103,8 @@ class AuditPublisher:
         self._wake = asyncio.Event()
         self._queue: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(ASYNC_QUEUE)
         self._tasks: list[asyncio.Task[None]] = []
+        self._respool: set[asyncio.Task[None]] = set()  # async mode: failed publishes
+        self._stopping = False
         self._spool_lock = asyncio.Lock()
         self._previous: asyncio.Future[None] | None = None  # the last sealed record's fate
         self._spooling = 0  # records waiting for their turn in the spool
@@ -200,15 +204,31 @@ class AuditPublisher:
         self._wake.set()
 
     async def _async_sender(self) -> None:
+        """Publish queued records without waiting for each ack (at most ``ASYNC_WINDOW``
+        unacknowledged at once); a record whose publish fails goes to the spool."""
+        window = asyncio.Semaphore(ASYNC_WINDOW)
         while True:
             subject, data, msg_id = await self._queue.get()
             if self.spool.depth or not self.nc.is_connected:
                 await self._to_spool(data)
                 continue
-            try:
-                await self._publish(subject, data, msg_id)
-            except (NatsError, TimeoutError, OSError):
-                await self._to_spool(data)
+            await window.acquire()
+            fut = self.acks.send(subject, data, msg_id, PUBLISH_TIMEOUT_S)
+            fut.add_done_callback(functools.partial(self._async_acked, window, data))
+
+    def _async_acked(
+        self, window: asyncio.Semaphore, data: bytes, fut: asyncio.Future[None]
+    ) -> None:
+        window.release()
+        if not fut.cancelled() and fut.exception() is None:
+            self.published += 1
+            return
+        self._spool_later(data)
+
+    def _spool_later(self, data: bytes) -> None:
+        task = asyncio.ensure_future(self._to_spool(data))
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
 
     async def _drain_forever(self) -> None:
         while True:
@@ -247,9 +267,11 @@ class AuditPublisher:
         return ok
 
     async def flush(self, wait_s: float = 10.0) -> None:
-        """Wait (bounded) until queued and spooled records are published."""
+        """Wait (bounded) until queued, in-flight and spooled records are published."""
         deadline = time.monotonic() + wait_s
-        while (self._queue.qsize() or self.spool.depth) and time.monotonic() < deadline:
+        while (
+            self._queue.qsize() or self.acks.pending or self._respool or self.spool.depth
+        ) and time.monotonic() < deadline:
             self._wake.set()
             await asyncio.sleep(0.05)
 
@@ -259,8 +281,13 @@ class AuditPublisher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._stopping = True
+        for respool in list(self._respool):
+            with contextlib.suppress(asyncio.CancelledError):
+                await respool
         while not self._queue.empty():  # whatever async mode still holds goes to disk
             _, data, _ = self._queue.get_nowait()
             self.spool.append(data)
-        await self.acks.stop()
+        await self.acks.stop()  # unacknowledged async publishes are spooled by their callback
+        await asyncio.sleep(0)  # let those callbacks run before the spool closes
         self.spool.close()

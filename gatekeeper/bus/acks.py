@@ -78,19 +78,26 @@ class AckedPublisher:
         else:
             fut.set_result(None)
 
-    async def publish(self, subject: str, data: bytes, msg_id: str, timeout_s: float) -> None:
-        """Publish and wait (bounded) for JetStream's ack; raises on error or timeout."""
+    def send(
+        self, subject: str, data: bytes, msg_id: str, timeout_s: float
+    ) -> asyncio.Future[None]:
+        """Publish now; the returned future ends with JetStream's ack, an error or a timeout."""
+        assert self.writer is not None, "start() first"
         n = next(self._ids)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending[n] = fut
         self._deadlines[n] = time.monotonic() + timeout_s
-        try:
-            assert self.writer is not None, "start() first"
-            self.writer.publish(subject, data, f"{self._prefix}.{n}", msg_id)
-            await fut
-        finally:
-            self.pending.pop(n, None)
-            self._deadlines.pop(n, None)
+        fut.add_done_callback(lambda _: self._forget(n))
+        self.writer.publish(subject, data, f"{self._prefix}.{n}", msg_id)
+        return fut
+
+    def _forget(self, n: int) -> None:
+        self.pending.pop(n, None)
+        self._deadlines.pop(n, None)
+
+    async def publish(self, subject: str, data: bytes, msg_id: str, timeout_s: float) -> None:
+        """Publish and wait (bounded) for JetStream's ack; raises on error or timeout."""
+        await self.send(subject, data, msg_id, timeout_s)
 
     async def stop(self) -> None:
         if self._sweeper is not None:

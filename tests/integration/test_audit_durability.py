@@ -330,6 +330,27 @@ class TestOneRecordPerRequest:
 
 
 @pytest.mark.slow
+class TestAsyncMode:
+    def test_async_mode_keeps_every_record_under_load_and_on_stop(
+        self,
+        start_gateway: StartGateway,
+        upstream: FakeOpenAI,
+        nats_server: EmbeddedNats,
+        issuer: Issuer,
+    ) -> None:
+        """audit.mode async: acks are not awaited one by one, yet after load and a
+        graceful stop every 200 has exactly one record, and nothing was spooled."""
+        gw = start(start_gateway, upstream, audit={"mode": "async"})
+        with Load(gw, issuer.token()) as load:
+            time.sleep(2)
+        assert gw.terminate() == 0
+        ok = load.completed_ok()
+        assert len(ok) > 50
+        assert_one_record_each(ok, records(nats_server.url))
+        assert '"audit.publish_failed"' not in gw.logs()
+
+
+@pytest.mark.slow
 class TestNatsOutage:
     def test_nats_killed_and_restarted_mid_load(
         self, gateway: GatewayProcess, nats_server: EmbeddedNats, issuer: Issuer
