@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
 
 from gatekeeper.audit.chain import AuditChain, load_or_create_node_key
-from gatekeeper.audit.publisher import AuditPublisher
+from gatekeeper.audit.publisher import AuditPublisher, Sealed
 from gatekeeper.audit.spool import AuditSpool
 from gatekeeper.auth.paserk import decode_public
 from gatekeeper.auth.verifier import Keyring, TokenVerifier
@@ -259,12 +259,19 @@ class _Auditor:
         self.sessions = sessions
         self.metrics = metrics
 
-    async def commit(self, ex: Any) -> None:
+    def begin(self, ex: Any) -> Sealed:
+        sealed = self.audit.seal(ex)  # strict: on its way to JetStream already
         self.sessions.seen(ex)
+        return sealed
+
+    async def end(self, ex: Any, sealed: Sealed) -> None:
         try:
-            await self.audit.commit(ex)
+            await self.audit.finish(sealed)
         finally:
             self.metrics.request_done(ex)
+
+    async def commit(self, ex: Any) -> None:
+        await self.end(ex, self.begin(ex))
 
     def routed(self, ex: Any) -> None:
         self.events.routed(ex)

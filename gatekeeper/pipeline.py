@@ -105,6 +105,11 @@ class Admission(Protocol):
 class Auditor(Protocol):
     async def commit(self, ex: Exchange) -> None: ...
 
+    def begin(self, ex: Exchange) -> Any:
+        """Seal the record (and send it, in strict mode); ``end`` waits for its fate."""
+
+    async def end(self, ex: Exchange, sealed: Any) -> None: ...
+
     def routed(self, ex: Exchange) -> None: ...
 
 
@@ -144,7 +149,8 @@ class Pipeline:
             req, claims, request.headers.get("x-routing-mode"), self.pool.open_breakers()
         )
         ex.route = route
-        self.auditor.routed(ex)
+        # The BH_EVENTS routing event is built while the upstream call is in flight.
+        asyncio.get_running_loop().call_soon(self.auditor.routed, ex)
         ex.ticket = self.admission.admit(ex, req)
         return req
 
@@ -152,6 +158,12 @@ class Pipeline:
         return time.monotonic() + self.config.server.request_timeout_s
 
     def _response_headers(self, ex: Exchange) -> dict[str, str]:
+        headers = self._reply_headers(ex)
+        headers["x-gatekeeper-overhead-ms"] = self._overhead(ex)
+        return headers
+
+    def _reply_headers(self, ex: Exchange) -> dict[str, str]:
+        """Every response header but the overhead (which needs the end time)."""
         headers = {"x-request-id": ex.request_id}
         if ex.route is not None:
             headers.update(ex.route.headers())
@@ -159,11 +171,13 @@ class Pipeline:
             headers["x-gatekeeper-model"] = ex.served.name
             headers["x-gatekeeper-provider"] = ex.served.provider
         headers.update(self.admission.headers(ex))
-        # Time in the gateway so far, minus upstream attempts (a stream's: until its headers).
-        spent = ex.ttft_ms if ex.ttft_ms is not None else ex.elapsed_ms()
-        overhead = max(0.0, spent - sum(a.ms for a in ex.attempts))
-        headers["x-gatekeeper-overhead-ms"] = f"{overhead:.3f}"
         return headers
+
+    @staticmethod
+    def _overhead(ex: Exchange) -> str:
+        """Time in the gateway so far, minus upstream attempts (a stream's: until its headers)."""
+        spent = ex.ttft_ms if ex.ttft_ms is not None else ex.elapsed_ms()
+        return f"{max(0.0, spent - sum(a.ms for a in ex.attempts)):.3f}"
 
     # ------------------------------------------------------------------ endpoints
 
@@ -180,8 +194,7 @@ class Pipeline:
             await self._failed(ex, err)
             raise
         ex.served, ex.attempts, ex.usage = served.model, served.attempts, served.result.usage
-        await self._finish(ex)
-        return json_response(served.result.body, self._response_headers(ex))
+        return await self._reply(ex, served.result.body)
 
     async def embeddings(self, request: Request, rid: str, started: float) -> Response:
         ex = Exchange(rid, started, "embeddings")
@@ -199,8 +212,18 @@ class Pipeline:
             await self._failed(ex, err)
             raise
         ex.served, ex.attempts, ex.usage = served.model, served.attempts, served.result.usage
-        await self._finish(ex)
-        return json_response(served.result.body, self._response_headers(ex))
+        return await self._reply(ex, served.result.body)
+
+    async def _reply(self, ex: Exchange, body: bytes) -> Response:
+        """Settle, audit, answer. The headers are built while JetStream acknowledges
+        the record (strict mode sends it before this awaits), off the critical path."""
+        if ex.ticket is not None:
+            self.admission.settle(ex)
+        sealed = self.auditor.begin(ex)
+        headers = self._reply_headers(ex)
+        await self.auditor.end(ex, sealed)
+        headers["x-gatekeeper-overhead-ms"] = self._overhead(ex)
+        return json_response(body, headers)
 
     # ------------------------------------------------------------------ step 6–8
 

@@ -28,6 +28,7 @@ import functools
 import itertools
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import orjson
 import structlog
@@ -84,6 +85,19 @@ def to_record(ex: Exchange, node_id: str, now: float) -> AuditRecord:
     )
 
 
+@dataclass(slots=True)
+class Sealed:
+    """A sealed record on its way: sent at once (``ack``) or still to publish or spool."""
+
+    subject: str
+    data: bytes
+    msg_id: str
+    previous: asyncio.Future[None] | None = None  # the record sealed before (strict)
+    done: asyncio.Future[None] | None = None  # this record's fate is settled (strict)
+    ack: asyncio.Future[None] | None = None
+    generation: int = 0  # the connection it was sent on
+
+
 class AuditPublisher:
     def __init__(
         self,
@@ -124,28 +138,68 @@ class AuditPublisher:
     def spool_depth(self) -> int:
         return self.spool.depth
 
-    async def commit(self, ex: Exchange) -> None:
+    def seal(self, ex: Exchange) -> Sealed:
+        """Seal ``ex``'s record into the chain. In strict mode it is also published at
+        once when nothing sealed earlier can still end up in the spool (the common
+        case), so the caller can do other work while JetStream acknowledges it."""
         record = to_record(ex, self.node_id, time.time())
         sealed, data = self.chain.seal_wire(record)
-        subject = audit_subject(record.tenant, self.node_id)
-        msg_id = _msg_id(self.node_id, sealed.seq, sealed.hash)
+        out = Sealed(
+            audit_subject(record.tenant, self.node_id),
+            data,
+            _msg_id(self.node_id, sealed.seq, sealed.hash),
+        )
         if not self.strict:
+            return out
+        out.previous = self._previous
+        out.done = self._previous = asyncio.get_running_loop().create_future()
+        nc = self.nc
+        behind = nc.is_connected and (self.spool.depth or self._spooling or self._waiting)
+        if not behind and self._may_publish():
+            out.generation = nc.stats["reconnects"]
+            self._in_flight[out.generation] += 1
+            # Alone in flight (light load): write now and overlap the ack with the rest
+            # of the reply. Under load: one write per loop turn for all records.
+            alone = not self.acks.pending
+            out.ack = self.acks.send(out.subject, data, out.msg_id, PUBLISH_TIMEOUT_S, flush=alone)
+        return out
+
+    async def finish(self, s: Sealed) -> None:
+        """Return once ``s`` is acknowledged by JetStream or in the spool (strict), or
+        queued (async)."""
+        if s.done is None:
             try:
-                self._queue.put_nowait((subject, data, msg_id))
+                self._queue.put_nowait((s.subject, s.data, s.msg_id))
             except asyncio.QueueFull:
-                await self._to_spool(data)
+                await self._to_spool(s.data)
             return
-        previous = self._previous
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._previous = done
         try:
-            if self.nc.is_connected and (self.spool.depth or self._spooling or self._waiting):
-                await self._wait_for_drain(previous)
-            if self._may_publish() and await self._try_publish(subject, data, msg_id):
-                return
-            await self._spool_in_turn(previous, data)
+            if s.ack is not None:
+                if await self._acked(s):
+                    return
+            else:
+                if self.nc.is_connected and (self.spool.depth or self._spooling or self._waiting):
+                    await self._wait_for_drain(s.previous)
+                if self._may_publish() and await self._try_publish(s.subject, s.data, s.msg_id):
+                    return
+            await self._spool_in_turn(s.previous, s.data)
         finally:
-            done.set_result(None)
+            s.done.set_result(None)
+
+    async def commit(self, ex: Exchange) -> None:
+        await self.finish(self.seal(ex))
+
+    async def _acked(self, s: Sealed) -> bool:
+        assert s.ack is not None
+        try:
+            await s.ack
+            self.published += 1
+            return True
+        except (NatsError, TimeoutError, OSError) as exc:
+            log.warning("audit.publish_failed", msg_id=s.msg_id, error=type(exc).__name__)
+            return False
+        finally:
+            self._in_flight_done(s.generation)
 
     async def _wait_for_drain(self, previous: asyncio.Future[None] | None) -> None:
         """Once the record sealed before this one is done, wait (bounded) for an empty spool."""
@@ -179,9 +233,12 @@ class AuditPublisher:
             log.warning("audit.publish_failed", msg_id=msg_id, error=type(exc).__name__)
             return False
         finally:
-            self._in_flight[generation] -= 1
-            if not self._in_flight[generation]:
-                del self._in_flight[generation]
+            self._in_flight_done(generation)
+
+    def _in_flight_done(self, generation: int) -> None:
+        self._in_flight[generation] -= 1
+        if not self._in_flight[generation]:
+            del self._in_flight[generation]
 
     async def _spool_in_turn(self, previous: asyncio.Future[None] | None, data: bytes) -> None:
         """Spool ``data`` once the record sealed before it is published or spooled."""

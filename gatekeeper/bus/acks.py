@@ -79,9 +79,12 @@ class AckedPublisher:
             fut.set_result(None)
 
     def send(
-        self, subject: str, data: bytes, msg_id: str, timeout_s: float
+        self, subject: str, data: bytes, msg_id: str, timeout_s: float, *, flush: bool = False
     ) -> asyncio.Future[None]:
-        """Publish now; the returned future ends with JetStream's ack, an error or a timeout."""
+        """Publish; the returned future ends with JetStream's ack, an error or a timeout.
+
+        ``flush``: write it to the socket at once (a caller about to do other work
+        while the ack travels), not at the end of the loop turn."""
         assert self.writer is not None, "start() first"
         n = next(self._ids)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -89,6 +92,8 @@ class AckedPublisher:
         self._deadlines[n] = time.monotonic() + timeout_s
         fut.add_done_callback(lambda _: self._forget(n))
         self.writer.publish(subject, data, f"{self._prefix}.{n}", msg_id)
+        if flush:
+            self.writer.flush()
         return fut
 
     def _forget(self, n: int) -> None:

@@ -73,6 +73,10 @@ class BatchWriter:
             self._scheduled = True
             self._loop.call_soon(self._write)
 
+    def flush(self) -> None:
+        """Write what is pending now, not at the end of the loop turn."""
+        self._write()
+
     def _write(self) -> None:
         self._scheduled = False
         nc: Any = self.nc
