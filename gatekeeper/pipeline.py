@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import orjson
 import structlog
@@ -43,17 +43,84 @@ from gatekeeper.validate import ChatRequest, validate_chat, validate_embeddings
 log = structlog.get_logger("gatekeeper.pipeline")
 
 
-@dataclass(frozen=True, slots=True)
+Later = Callable[[], tuple[tuple[ModelSpec, ...], dict[str, Any]]]
+
+
 class RouteDecision:
-    model: ModelSpec
-    plan: tuple[ModelSpec, ...]  # what the pool tries, in order (model first)
-    mode: str
-    reason: str
-    event: dict[str, Any] = field(default_factory=dict)  # for BH_EVENTS
-    prompt_tokens: int = 0  # the router's prompt estimate (0: not estimated)
+    """The model for a request, the failover plan, and the event for BH_EVENTS.
+
+    ``plan`` and ``event`` may be deferred (``later``): a named model's failover order
+    needs the prompt's task class, which is then scored only when something asks —
+    the pool after a failed first attempt, or the routing event, built while the
+    upstream call is in flight — and not on the request's critical path.
+    """
+
+    __slots__ = ("_event", "_later", "_plan", "mode", "model", "prompt_tokens", "reason")
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        plan: tuple[ModelSpec, ...] | None,
+        mode: str,
+        reason: str,
+        event: dict[str, Any] | None = None,
+        prompt_tokens: int = 0,  # the router's prompt estimate (0: not estimated)
+        later: Later | None = None,
+    ) -> None:
+        self.model, self.mode, self.reason, self.prompt_tokens = model, mode, reason, prompt_tokens
+        self._plan, self._event, self._later = plan, event, later
+
+    def _resolve(self) -> None:
+        if self._later is not None:
+            self._plan, self._event = self._later()
+            self._later = None
+
+    @property
+    def plan(self) -> Sequence[ModelSpec]:
+        """What the pool tries, in order (``model`` first; the rest computed on demand)."""
+        if self._plan is not None:
+            return self._plan
+        return Plan(self.model, self)
+
+    def full_plan(self) -> tuple[ModelSpec, ...]:
+        self._resolve()
+        assert self._plan is not None
+        return self._plan
+
+    @property
+    def event(self) -> dict[str, Any]:
+        self._resolve()
+        return self._event or {}
 
     def headers(self) -> dict[str, str]:
         return {"x-gatekeeper-routing-mode": self.mode, "x-gatekeeper-route-reason": self.reason}
+
+
+class Plan(Sequence[ModelSpec]):
+    """A deferred failover plan: the first model at once, the others when first asked for."""
+
+    __slots__ = ("decision", "first")
+
+    def __init__(self, first: ModelSpec, decision: RouteDecision) -> None:
+        self.first, self.decision = first, decision
+
+    def __iter__(self) -> Iterator[ModelSpec]:
+        yield self.first
+        yield from self.decision.full_plan()[1:]
+
+    def __len__(self) -> int:
+        return len(self.decision.full_plan())
+
+    @overload
+    def __getitem__(self, index: int) -> ModelSpec: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ModelSpec]: ...
+
+    def __getitem__(self, index: int | slice) -> ModelSpec | Sequence[ModelSpec]:
+        if index == 0:
+            return self.first
+        return self.decision.full_plan()[index]
 
 
 @dataclass(slots=True)

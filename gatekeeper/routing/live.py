@@ -6,6 +6,7 @@ swapped whole when BH_CONFIG or BH_HEALTH changes, never mutated in place).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,11 +15,20 @@ from gatekeeper.errors import ModelNotFound
 from gatekeeper.pipeline import RouteDecision
 from gatekeeper.providers.failover import plan_attempts
 from gatekeeper.routing.matrix import Matrix, ModelSpec
-from gatekeeper.routing.router import AUTO, Requirements, Route, choose, parse_mode, peers
-from gatekeeper.routing.scorer import score
+from gatekeeper.routing.router import (
+    AUTO,
+    Requirements,
+    Route,
+    RoutingMode,
+    choose,
+    parse_mode,
+    peers,
+)
+from gatekeeper.routing.scorer import Complexity, score
 from gatekeeper.validate import ChatRequest
 
 HealthView = Callable[[], Mapping[str, float]]
+UNSCORED = Complexity("general", 0.0, "small")  # a named model's route, before scoring
 
 
 def _no_health() -> Mapping[str, float]:
@@ -73,35 +83,56 @@ class LiveRouter:
         if routing is not None and routing.quality_threshold is not None:
             threshold = routing.quality_threshold
         messages = req.body["messages"]
-        complexity = score(messages, tools=req.uses_tools)
         needs = Requirements.of_chat(
             messages, max_tokens=req.max_tokens, tools=req.uses_tools, json=req.wants_json
         )
-        health = self.health()
         visible = self._visible(claims)
+        if req.model != AUTO:
+            return self._named(req, mode, needs, visible, open_breakers)
+        route = choose(
+            visible,
+            requested_model=AUTO,
+            mode=mode,
+            complexity=score(messages, tools=req.uses_tools),
+            quality_threshold=threshold,
+            needs=needs,
+            health=self.health(),
+            open_breakers=open_breakers,
+        )
+        plan = plan_attempts(route.model, route.fallbacks, self.chain)
+        return RouteDecision(
+            route.model, plan, mode, route.reason, _event(route, plan), needs.prompt_tokens
+        )
+
+    def _named(
+        self,
+        req: ChatRequest,
+        mode: RoutingMode,
+        needs: Requirements,
+        visible: Matrix,
+        open_breakers: frozenset[str],
+    ) -> RouteDecision:
+        """A named model: checked now; its failover peers (the best model for the
+        prompt's task on each other provider) and its event are worked out later."""
         try:
             route = choose(
-                self.matrix if req.model != AUTO else visible,
-                requested_model=req.model,
-                mode=mode,
-                complexity=complexity,
-                quality_threshold=threshold,
-                needs=needs,
-                health=health,
-                open_breakers=open_breakers,
+                self.matrix, requested_model=req.model, mode=mode, complexity=UNSCORED, needs=needs
             )
         except ModelNotFound as err:
             why = self.unavailable.get(req.model)
             if why:
                 err.message = f"The model '{req.model}' is not available: {why}"
             raise
-        fallbacks = route.fallbacks
-        if req.model != AUTO:  # a named model fails over to the best peer on each provider
+
+        def later() -> tuple[tuple[ModelSpec, ...], dict[str, Any]]:
+            complexity = score(req.body["messages"], tools=req.uses_tools)
             ranked = peers(visible, complexity.task, needs, open_breakers)
             fallbacks = tuple(m for m in ranked if m.provider != route.model.provider)
-        plan = plan_attempts(route.model, fallbacks, self.chain)
+            plan = plan_attempts(route.model, fallbacks, self.chain)
+            return plan, _event(dataclasses.replace(route, complexity=complexity), plan)
+
         return RouteDecision(
-            route.model, plan, mode, route.reason, _event(route, plan), needs.prompt_tokens
+            route.model, None, mode, route.reason, prompt_tokens=needs.prompt_tokens, later=later
         )
 
     def route_embedding(self, model: str) -> RouteDecision:
