@@ -267,8 +267,8 @@ class _Auditor:
     async def end(self, ex: Any, sealed: Sealed) -> None:
         try:
             await self.audit.finish(sealed)
-        finally:
-            self.metrics.request_done(ex)
+        finally:  # counted once the reply is on its way
+            asyncio.get_running_loop().call_soon(self.metrics.request_done, ex, time.perf_counter())
 
     async def commit(self, ex: Any) -> None:
         await self.end(ex, self.begin(ex))

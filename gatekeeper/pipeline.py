@@ -282,11 +282,11 @@ class Pipeline:
         return await self._reply(ex, served.result.body)
 
     async def _reply(self, ex: Exchange, body: bytes) -> Response:
-        """Settle, audit, answer. The headers are built while JetStream acknowledges
-        the record (strict mode sends it before this awaits), off the critical path."""
+        """Audit, settle, answer. Settling and the headers happen while JetStream
+        acknowledges the record (strict mode sends it before this awaits)."""
+        sealed = self.auditor.begin(ex)
         if ex.ticket is not None:
             self.admission.settle(ex)
-        sealed = self.auditor.begin(ex)
         headers = self._reply_headers(ex)
         await self.auditor.end(ex, sealed)
         headers["x-gatekeeper-overhead-ms"] = self._overhead(ex)

@@ -193,9 +193,10 @@ class Metrics:
 
     # ------------------------------------------------------------------ hot path
 
-    def request_done(self, ex: Exchange) -> None:
-        """One finished chat/embeddings request (called from the auditor's commit)."""
-        now = time.perf_counter()
+    def request_done(self, ex: Exchange, now: float | None = None) -> None:
+        """One finished chat/embeddings request (from the auditor; ``now``: when it ended)."""
+        if now is None:
+            now = time.perf_counter()
         route, served, claims = ex.route, ex.served, ex.claims
         op = ex.endpoint
         spec = served or (route.model if route is not None else None)
