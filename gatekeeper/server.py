@@ -30,6 +30,7 @@ from gatekeeper.auth.keyfiles import (
     mint,
 )
 from gatekeeper.config import Config
+from gatekeeper.http.edge import GatewayHttpProtocol
 from gatekeeper.observability.metrics import worker_exited
 
 log = structlog.get_logger("gatekeeper.server")
@@ -107,7 +108,7 @@ def run_worker(config: Config, nats_url: str, worker: int, *, reuse_port: bool) 
         host=config.server.host,
         port=config.server.port,
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,  # httptools, one write per response (http/edge.py)
         lifespan="on",
         access_log=False,
         proxy_headers=False,  # nothing reads the client address; saves work per request
