@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import stat
 import threading
@@ -32,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 from nacl.signing import SigningKey
 
 from gatekeeper.audit.files import fsync_dir
@@ -65,6 +67,37 @@ _ENCODER = json.JSONEncoder(
 
 class NodeKeyError(ValueError):
     """A node key file is too open or is not a ``k4.secret`` PASERK."""
+
+
+_FLOAT_FIELDS = ("cost_usd", "latency_ms", "ttft_ms")
+
+
+def _float(value: object) -> object:
+    """A float as ``json`` writes it (``repr``), for orjson to embed as is."""
+    if type(value) is not float:
+        return value
+    if not math.isfinite(value):
+        raise ValueError("audit records hold finite numbers only")
+    return orjson.Fragment(repr(value).encode())
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    """``_ENCODER.encode(body)`` for a sealed record's body, in about a third of the time.
+
+    orjson writes strings, integers and key order exactly as the standard library does
+    here (``tests/unit/test_audit_chain.py`` checks it on generated records); floats
+    differ in notation, so the record's floats are written with ``repr`` (what ``json``
+    uses) and embedded as they are. Anything orjson refuses (an integer beyond 64
+    bits) falls back to the standard library.
+    """
+    fast = dict(body)
+    for name in _FLOAT_FIELDS:
+        fast[name] = _float(fast.get(name))
+    fast["attempts"] = [{**a, "ms": _float(a.get("ms"))} for a in body.get("attempts", ())]
+    try:
+        return orjson.dumps(fast, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return _ENCODER.encode(body).encode("utf-8")
 
 
 def canonical_bytes(record: Mapping[str, Any]) -> bytes:
@@ -157,7 +190,7 @@ class AuditChain:
         with self._lock:
             seq, prev = self._seq + 1, self._hash
             body["seq"], body["prev"] = seq, prev
-            canonical = _ENCODER.encode(body).encode("utf-8")
+            canonical = _encode(body)
             digest = hashlib.sha256(canonical).digest()
             signature = self._key.sign(digest).signature
             self._seq, self._hash = seq, digest.hex()

@@ -54,11 +54,16 @@ _INT_FIELDS = ("status", "prompt_tokens", "completion_tokens", "total_tokens")
 _FLOAT_FIELDS = ("cost_usd", "latency_ms", "ttft_ms")
 
 
+_SECOND: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
 def rfc3339_ms(epoch_seconds: float) -> str:
     """``2025-01-31T12:34:56.789Z``: RFC 3339, UTC, millisecond precision."""
     whole = math.floor(epoch_seconds)
     millis = min(999, int((epoch_seconds - whole) * 1000))
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    if _SECOND[0] != whole:
+        _SECOND[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
+    return f"{_SECOND[1]}.{millis:03d}Z"
 
 
 def _clean_text(value: str | None) -> str | None:
@@ -81,6 +86,17 @@ def _clean_float(name: str, value: float | None) -> float | None:
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, not {value!r}")
     return float(value)
+
+
+def _clean(texts: tuple[str | None, ...], numbers: tuple[float | None, ...]) -> bool:
+    """True if ``_tidy`` would change nothing (the common case, checked cheaply)."""
+    for text in texts:
+        if text is not None and (len(text) > MAX_TEXT or not text.isascii()):
+            return False
+    for number in numbers:
+        if number is not None and (type(number) is not float or not math.isfinite(number)):
+            return False
+    return True
 
 
 def _tidy(obj: object, strings: tuple[str, ...], floats: tuple[str, ...]) -> None:
@@ -127,7 +143,8 @@ class Attempt:
     ms: float
 
     def __post_init__(self) -> None:
-        _tidy(self, ("provider", "model", "error"), ("ms",))
+        if not _clean((self.provider, self.model, self.error), (self.ms,)):
+            _tidy(self, ("provider", "model", "error"), ("ms",))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -178,7 +195,21 @@ class AuditRecord:
     attempts: tuple[Attempt, ...] = ()
 
     def __post_init__(self) -> None:
-        _tidy(self, _STR_FIELDS, _FLOAT_FIELDS)
+        texts: tuple[str | None, ...] = (
+            self.request_id,
+            self.ts,
+            self.node_id,
+            self.tenant,
+            self.key_id,
+            self.requested_model,
+            self.served_model,
+            self.provider,
+            self.routing_mode,
+            self.route_reason,
+            self.error_code,
+        )
+        if not _clean(texts, (self.cost_usd, self.latency_ms, self.ttft_ms)):
+            _tidy(self, _STR_FIELDS, _FLOAT_FIELDS)
 
     def to_dict(self) -> dict[str, Any]:
         """The record's fields as JSON-ready values (wire names, no chain fields)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from typing import Any
@@ -14,11 +15,15 @@ from gatekeeper.errors import InvalidRequest, MalformedJSON, PayloadTooLarge, Un
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+_ID_PREFIX = "req_" + os.urandom(5).hex()  # per process; a counter makes each id unique
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(3), "big") << 32)
+
+
 def request_id_for(inbound: str | None) -> str:
-    """Echo a well-formed inbound ``x-request-id``, else make one."""
+    """Echo a well-formed inbound ``x-request-id``, else make one (``req_`` + 24 hex)."""
     if inbound and _REQUEST_ID_RE.fullmatch(inbound):
         return inbound
-    return "req_" + os.urandom(12).hex()
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFF:014x}"
 
 
 def check_content_type(value: str | None) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
@@ -335,3 +337,33 @@ class TestSealWire:
         for record in records:
             sealed, wire = chain.seal_wire(record)
             assert wire == wire_bytes(sealed)
+
+
+_finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+class TestFastEncoding:
+    @settings(max_examples=400, deadline=None)
+    @given(
+        text=st.text(max_size=40),
+        numbers=st.tuples(_finite, _finite, st.none() | _finite, _finite),
+        tokens=st.integers(min_value=0, max_value=2**70),
+    )
+    def test_sealed_bytes_are_exactly_the_standard_library_encoding(
+        self, text: str, numbers: tuple[float, float, float | None, float], tokens: int
+    ) -> None:
+        """orjson with repr-written floats = ``json.dumps(sort_keys=True, …)``, byte for
+        byte, whatever the strings, float magnitudes or integer sizes (the fallback)."""
+        cost, latency, ttft, attempt_ms = numbers
+        record = make_record(
+            tenant=text,
+            requested_model=text[::-1],
+            prompt_tokens=tokens,
+            cost_usd=cost,
+            latency_ms=latency,
+            ttft_ms=ttft,
+            attempts=(Attempt("p", text, None, None, attempt_ms),),
+        )
+        sealed, wire = AuditChain("gk-1", SigningKey.generate()).seal_wire(record)
+        assert sealed.hash == hashlib.sha256(canonical_bytes(sealed.to_dict())).hexdigest()
+        assert wire == wire_bytes(sealed)
