@@ -30,7 +30,7 @@ from gatekeeper.errors import (
     ServiceUnavailable,
 )
 from gatekeeper.http.boundary import endpoint
-from gatekeeper.http.inbound import request_id_for
+from gatekeeper.http.inbound import Inbound, Readable, request_id_for
 from gatekeeper.http.openapi import OPENAPI_JSON
 from gatekeeper.http.responses import error_response, json_response
 from gatekeeper.node import Node, start_node
@@ -181,7 +181,7 @@ class FastPaths:
     def __init__(
         self,
         app: Starlette,
-        routes: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]],
+        routes: dict[tuple[str, str], Callable[[Readable], Awaitable[Response]]],
     ) -> None:
         self.app = app
         self.routes = routes
@@ -191,7 +191,7 @@ class FastPaths:
         if scope["type"] == "http":
             handler = self.routes.get((scope["method"], scope["path"]))
             if handler is not None:
-                response = await handler(Request(scope, receive))
+                response = await handler(Inbound(scope, receive))
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

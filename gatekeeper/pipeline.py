@@ -23,14 +23,13 @@ from typing import Any, Protocol, overload
 
 import orjson
 import structlog
-from starlette.requests import Request
 from starlette.responses import Response
 
 from gatekeeper.auth.claims import Claims, model_allowed
 from gatekeeper.auth.verifier import TokenVerifier
 from gatekeeper.config import Config
 from gatekeeper.errors import GatewayError, PermissionDenied, StreamInterrupted
-from gatekeeper.http.inbound import read_json
+from gatekeeper.http.inbound import Readable, read_json
 from gatekeeper.http.responses import SSEResponse, json_response
 from gatekeeper.providers.base import DONE_EVENT, Call, Usage
 from gatekeeper.providers.failover import Attempt
@@ -192,7 +191,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ steps 1–5
 
-    def _authorize(self, ex: Exchange, request: Request) -> Claims:
+    def _authorize(self, ex: Exchange, request: Readable) -> Claims:
         claims = self.verifier.verify_bearer(request.headers.get("authorization"))
         ex.claims = claims
         return claims
@@ -205,7 +204,7 @@ class Pipeline:
                 code="model_not_allowed",
             )
 
-    async def _front(self, request: Request, ex: Exchange) -> ChatRequest:
+    async def _front(self, request: Readable, ex: Exchange) -> ChatRequest:
         claims = self._authorize(ex, request)
         body = await read_json(request, self.config.server.max_body_bytes)
         req = validate_chat(body)
@@ -248,7 +247,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ endpoints
 
-    async def chat_completions(self, request: Request, rid: str, started: float) -> Response:
+    async def chat_completions(self, request: Readable, rid: str, started: float) -> Response:
         ex = Exchange(rid, started, "chat")
         try:
             req = await self._front(request, ex)
@@ -263,7 +262,7 @@ class Pipeline:
         ex.served, ex.attempts, ex.usage = served.model, served.attempts, served.result.usage
         return await self._reply(ex, served.result.body)
 
-    async def embeddings(self, request: Request, rid: str, started: float) -> Response:
+    async def embeddings(self, request: Readable, rid: str, started: float) -> Response:
         ex = Exchange(rid, started, "embeddings")
         try:
             claims = self._authorize(ex, request)

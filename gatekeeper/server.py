@@ -112,6 +112,7 @@ def run_worker(config: Config, nats_url: str, worker: int, *, reuse_port: bool) 
         lifespan="on",
         access_log=False,
         proxy_headers=False,  # nothing reads the client address; saves work per request
+        server_header=False,  # no "server: uvicorn" on every response
         log_level="warning",
         timeout_graceful_shutdown=int(config.server.shutdown_grace_s),
         backlog=2048,

@@ -5,25 +5,25 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
-from starlette.requests import Request
 from starlette.responses import Response
 
 from gatekeeper.errors import GatewayError, internal_error
-from gatekeeper.http.inbound import request_id_for
+from gatekeeper.http.inbound import Readable, request_id_for
 from gatekeeper.http.responses import error_response
 
 log = structlog.get_logger("gatekeeper.http")
 
-Endpoint = Callable[[Request, str, float], Awaitable[Response]]
+Endpoint = Callable[[Any, str, float], Awaitable[Response]]
 
 
-def endpoint(fn: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+def endpoint(fn: Endpoint) -> Callable[[Readable], Awaitable[Response]]:
     """Wrap an endpoint taking (request, request_id, started_at)."""
 
     @functools.wraps(fn)
-    async def wrapped(request: Request) -> Response:
+    async def wrapped(request: Readable) -> Response:
         started = time.perf_counter()
         rid = request_id_for(request.headers.get("x-request-id"))
         # uvicorn runs each request in a fresh contextvars.Context: nothing to clear.
@@ -41,7 +41,7 @@ def endpoint(fn: Endpoint) -> Callable[[Request], Awaitable[Response]]:
                 )
             return error_response(err, rid)
         except Exception:  # the one place a bug is caught: logged, answered, not leaked
-            log.exception("request.bug", request_id=rid, path=request.url.path)
+            log.exception("request.bug", request_id=rid, path=request.scope["path"])
             return error_response(internal_error(rid), rid)
 
     return wrapped
