@@ -31,26 +31,29 @@ def make_pool(cfg: ProviderConfig) -> h1.Pool:
     )
 
 
+def map_error(provider: str, exc: BaseException, *, streaming: bool = False) -> BaseException:
+    """The gateway's ProviderError for an upstream-client or timeout failure (else ``exc``)."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, TimeoutError):  # h1.ReadTimeout, or an asyncio.timeout around the call
+        return ProviderTimeout(f"{provider}: timed out waiting for the upstream", provider=provider)
+    if isinstance(exc, h1.ConnectFailed):
+        return ProviderUnavailable(f"{provider}: {exc}", provider=provider)
+    if isinstance(exc, h1.ConnectionClosed):
+        cls = StreamInterrupted if streaming else ProviderError
+        return cls(f"{provider}: the upstream closed the connection early", provider=provider)
+    if isinstance(exc, h1.UpstreamError):
+        return ProviderError(f"{provider}: {exc}", provider=provider)
+    return exc
+
+
 @contextlib.contextmanager
 def mapped_errors(provider: str, *, streaming: bool = False) -> Iterator[None]:
     """Translate upstream-client and timeout failures into the gateway's ProviderError tree."""
     try:
         yield
-    except ProviderError:
-        raise
-    except TimeoutError as exc:  # h1.ReadTimeout, or an asyncio.timeout around the call
-        raise ProviderTimeout(
-            f"{provider}: timed out waiting for the upstream", provider=provider
-        ) from exc
-    except h1.ConnectFailed as exc:
-        raise ProviderUnavailable(f"{provider}: {exc}", provider=provider) from exc
-    except h1.ConnectionClosed as exc:
-        cls = StreamInterrupted if streaming else ProviderError
-        raise cls(
-            f"{provider}: the upstream closed the connection early", provider=provider
-        ) from exc
-    except h1.UpstreamError as exc:
-        raise ProviderError(f"{provider}: {exc}", provider=provider) from exc
+    except (h1.UpstreamError, TimeoutError) as exc:
+        raise map_error(provider, exc, streaming=streaming) from exc
 
 
 def parse_retry_after(value: str | None) -> float | None:

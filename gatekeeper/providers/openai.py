@@ -8,7 +8,7 @@ from gatekeeper.config import ProviderConfig
 from gatekeeper.errors import ProviderError
 from gatekeeper.providers import h1
 from gatekeeper.providers.base import Call, Reply, ReplyStream, StreamState, Usage
-from gatekeeper.providers.http import make_pool, mapped_errors, open_stream, post
+from gatekeeper.providers.http import make_pool, map_error, mapped_errors, open_stream, post
 from gatekeeper.providers.sse import OpenAIStreamFilter
 
 
@@ -56,9 +56,11 @@ class OpenAIProvider:
         )
 
     async def _unary(self, prefix: bytes, call: Call) -> Reply:
-        with mapped_errors(self.name):  # bounded by total_timeout_s in the pool
+        try:  # bounded by total_timeout_s in the pool
             resp = await self._post(prefix, upstream_body(call, stream=False), call)
             raw = await resp.read()
+        except (h1.UpstreamError, TimeoutError) as exc:
+            raise map_error(self.name, exc) from exc
         try:
             usage = Usage.from_openai(orjson.loads(raw).get("usage"))
         except (orjson.JSONDecodeError, AttributeError):

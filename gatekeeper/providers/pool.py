@@ -150,9 +150,7 @@ class ProviderPool:
                     raise
                 err = exc
             else:
-                ms = (self.clock() - started) * 1000
-                self._record(breaker, model, started, 200, None, success=True)
-                attempts.append(Attempt(model.provider, model.name, 200, None, round(ms, 3)))
+                attempts.append(self._record(breaker, model, started, 200, None, success=True))
                 return Served(result, model, tuple(attempts))
             errors.append(err)
             failed = self._record(
