@@ -39,7 +39,7 @@ from internal.crdt import PNSlot
 log = structlog.get_logger("gatekeeper.gossip")
 
 GC_EVERY_S = 60.0
-FAST_FLUSH_S = 0.005  # adds at most this to the gossip delay d; coalesces busy slots
+FAST_FLUSH_S = 0.02  # adds at most this to the gossip delay d; coalesces busy slots
 
 
 def split_key(key: str) -> tuple[str, str] | None:
