@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 
-.PHONY: run test check lint fmt bench bench-peers chaos soak clean
+.PHONY: run test check lint fmt bench bench-peers chaos soak clean wrk
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,7 +35,15 @@ fmt: $(DEVSTAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(DEVSTAMP)
+# wrk drives bench and soak; Debian ships it (apt-get install wrk).
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  echo "make: installing wrk (Debian package)"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq wrk; } \
+	  || { echo "make: wrk is needed: apt-get install wrk"; exit 1; }
+
+bench: $(DEVSTAMP) wrk
 	$(BIN)/python -m bench.run
 
 # Peer gateways that `make bench` measures beside Gatekeeper when they are installed
@@ -73,7 +81,7 @@ $(PORTKEY_STAMP):
 chaos: $(DEVSTAMP)
 	$(BIN)/python -m bench.chaos
 
-soak: $(DEVSTAMP)
+soak: $(DEVSTAMP) wrk
 	$(BIN)/python -m bench.soak
 
 clean:

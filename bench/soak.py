@@ -9,8 +9,7 @@ JetStream and one ``gatekeeper serve`` (1 worker, audit strict) with ``bench.run
 helpers; loads it with ``wrk -c8`` (full pipeline token: budget, rpm, tpm all high)
 in successive slices of at most 30 s, and every 10 s samples the gateway process
 tree's resident set (VmRSS), open descriptors (``/proc/<pid>/fd``) and ``/readyz``
-(NATS state, audit spool depth). The asyncio task count is not exposed by the
-gateway (neither ``/metrics`` nor ``/readyz`` carry it), so it is not sampled.
+(NATS state, audit spool depth, the worker's asyncio task count).
 
 After the warm-up (the first 20 % of the run), growth is the mean of the last two
 samples against the mean of the first two after warm-up. Bars: RSS growth < 10 %,
@@ -47,6 +46,7 @@ SLICE_S = 30.0
 CONNECTIONS = 8
 RSS_BAR_PCT = 10.0
 FD_SLACK = 4
+TASK_SLACK = CONNECTIONS + 2  # request tasks in flight at a sample come and go
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,7 @@ class Sample:
     clients: int  # of those, client connections (wrk's, open or not between slices)
     spool: int  # audit spool depth (-1: /readyz did not answer)
     nats: str
+    tasks: int  # asyncio tasks in the worker (-1: not reported)
 
 
 def vm_rss_kib(pid: int) -> int:
@@ -91,9 +92,10 @@ def sample(pid: int, url: str, t: float) -> Sample:
     try:
         ready = httpx.get(f"{url}/readyz", timeout=2).json()
         spool, state = int(ready["audit_spool_depth"]), str(ready["nats"])
+        tasks = int(ready.get("asyncio_tasks", -1))
     except (httpx.HTTPError, ValueError, KeyError):
-        spool, state = -1, "?"
-    return Sample(t, rss, fds, clients, spool, state)
+        spool, state, tasks = -1, "?", -1
+    return Sample(t, rss, fds, clients, spool, state, tasks)
 
 
 class Sampler:
@@ -112,7 +114,7 @@ class Sampler:
             self.samples.append(s)
             log(
                 f"t={s.t:5.0f}s  rss {s.rss_kib / 1024:7.1f} MiB  fds {s.fds:4d} "
-                f"(clients {s.clients})  spool {s.spool}"
+                f"(clients {s.clients})  spool {s.spool}  tasks {s.tasks}"
             )
             if self._stop.wait(SAMPLE_S):
                 return
@@ -141,6 +143,7 @@ def audit_messages(url: str) -> int:
 class Verdict:
     rss_growth_pct: float
     fd_growth: int
+    task_growth: int
     ok: bool
 
 
@@ -153,7 +156,10 @@ def judge(samples: list[Sample], warmup_s: float) -> Verdict:
     growth = 100 * (end_rss - base_rss) / base_rss
     own = [s.fds - s.clients for s in after]  # descriptors that are not client sockets
     fd_growth = round((own[-1] + own[-2]) / 2 - (own[0] + own[1]) / 2)
-    return Verdict(growth, fd_growth, growth < RSS_BAR_PCT and abs(fd_growth) <= FD_SLACK)
+    tasks = [s.tasks for s in after]
+    task_growth = round((tasks[-1] + tasks[-2]) / 2 - (tasks[0] + tasks[1]) / 2)
+    ok = growth < RSS_BAR_PCT and abs(fd_growth) <= FD_SLACK and task_growth <= TASK_SLACK
+    return Verdict(growth, fd_growth, task_growth, ok)
 
 
 def render(
@@ -164,7 +170,7 @@ def render(
     short = "" if minutes >= 10 else f" (shortened: {minutes:g} min instead of 10)"
     rows = "\n".join(
         f"| {s.t:5.0f} | {s.rss_kib / 1024:7.1f} | {s.fds:4d} | {s.clients:3d} "
-        f"| {s.fds - s.clients:4d} | {s.spool:5d} | {s.nats} |"
+        f"| {s.fds - s.clients:4d} | {s.spool:5d} | {s.tasks:5d} | {s.nats} |"
         for s in samples
     )
     return f"""
@@ -176,14 +182,15 @@ Command: `{" ".join(["python -m bench.soak", *argv])}`; machine: {os.cpu_count()
 
 {totals}
 
-| t (s) | RSS (MiB) | fds | client conns | fds − clients | spool | nats |
-|------:|----------:|----:|-------------:|--------------:|------:|------|
+| t (s) | RSS (MiB) | fds | client conns | fds − clients | spool | tasks | nats |
+|------:|----------:|----:|-------------:|--------------:|------:|------:|------|
 {rows}
 
 After the warm-up (first 20 %): RSS growth **{verdict.rss_growth_pct:+.1f} %**
 (bar < {RSS_BAR_PCT:.0f} %), fd growth (client sockets excluded)
-**{verdict.fd_growth:+d}** (bar: within ±{FD_SLACK}) — **{verdict_word}**.
-Asyncio task count: not exposed by the gateway, not sampled.
+**{verdict.fd_growth:+d}** (bar: within ±{FD_SLACK}), asyncio task growth
+**{verdict.task_growth:+d}** (bar: at most +{TASK_SLACK}; in-flight requests are tasks too) —
+**{verdict_word}**.
 """
 
 

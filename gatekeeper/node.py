@@ -105,6 +105,7 @@ class Node:
             "providers": providers,
             "audit_spool_depth": self.audit.spool_depth,
             "audit_spool_alert": self.audit.spool_depth >= self.config.audit.spool_alert_records,
+            "asyncio_tasks": len(asyncio.all_tasks()),  # a leak shows as growth (make soak)
         }
 
     async def stop(self, grace: float) -> None:
