@@ -262,7 +262,8 @@ class _Auditor:
 
     def begin(self, ex: Any) -> Sealed:
         sealed = self.audit.seal(ex)  # strict: on its way to JetStream already
-        self.sessions.seen(ex)
+        self.sessions.seen(ex)  # this and the routing event: while the ack travels
+        self.routed(ex)
         return sealed
 
     async def end(self, ex: Any, sealed: Sealed) -> None:
@@ -275,7 +276,10 @@ class _Auditor:
         await self.end(ex, self.begin(ex))
 
     def routed(self, ex: Any) -> None:
-        self.events.routed(ex)
+        """The exchange's routing event, once."""
+        if not ex.routed and ex.route is not None:
+            ex.routed = True
+            self.events.routed(ex)
 
 
 async def _resume_chain(js: Any, node_id: str, key: Any, spool: AuditSpool) -> AuditChain:

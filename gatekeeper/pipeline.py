@@ -140,6 +140,7 @@ class Exchange:
     error_code: str | None = None
     ttft_ms: float | None = None
     ticket: Any = None
+    routed: bool = False  # its routing event has been sent
     input_chars: int = 0  # embeddings: size of the input, for the token reservation
 
     def elapsed_ms(self) -> float:
@@ -214,9 +215,7 @@ class Pipeline:
         route = self.router.route(
             req, claims, request.headers.get("x-routing-mode"), self.pool.open_breakers()
         )
-        ex.route = route
-        # The BH_EVENTS routing event is built while the upstream call is in flight.
-        asyncio.get_running_loop().call_soon(self.auditor.routed, ex)
+        ex.route = route  # its BH_EVENTS event is sent with the audit record, off the critical path
         ex.ticket = self.admission.admit(ex, req)
         return req
 
@@ -298,6 +297,7 @@ class Pipeline:
         served = await self.pool.chat_stream(ex.route.plan, call, self._deadline())
         ex.served, ex.attempts = served.model, served.attempts
         ex.ttft_ms = ex.elapsed_ms()
+        self.auditor.routed(ex)  # a stream may run for minutes: say how it was routed now
         stream = served.result
         t0, budget_s = ex.started, self.config.server.request_timeout_s
 
