@@ -217,14 +217,16 @@ def _extra_tables(results: Results) -> list[str]:
     if base:
         hx = base.get("baseline Starlette + httpx", 0)
         ah = base.get("baseline Starlette + aiohttp", 0)
+        lean = base.get("baseline Starlette + h1 (gateway's client)", 0)
         out += [
             "",
-            "### Upstream client: httpx vs aiohttp (bare Starlette pass-through, "
+            "### Upstream client: httpx vs aiohttp vs h1 (bare Starlette pass-through, "
             "1 uvicorn worker, 32 connections)",
             "",
-            f"httpx.AsyncClient {hx:,.0f} req/s, aiohttp.ClientSession {ah:,.0f} req/s: "
-            f"aiohttp is {ah / hx:.2f}× httpx here."
-            if hx
+            f"httpx.AsyncClient {hx:,.0f} req/s, aiohttp.ClientSession {ah:,.0f} req/s, "
+            f"gatekeeper.providers.h1 {lean:,.0f} req/s: h1 is {lean / ah:.2f}× aiohttp and "
+            f"{lean / hx:.2f}× httpx here."
+            if hx and ah
             else "",
         ]
     if results.streams:

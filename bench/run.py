@@ -313,11 +313,12 @@ def scaling(stage: Stage, results: Results) -> None:
 
 
 def baselines(stage: Stage, results: Results) -> None:
-    """Bare Starlette pass-throughs, httpx vs aiohttp as the upstream client."""
+    """Bare Starlette pass-throughs, httpx vs aiohttp vs h1 as the upstream client."""
     matrix = []
     for module, label in (
         ("bench.baseline_httpx", "baseline Starlette + httpx"),
         ("bench.baseline_aiohttp", "baseline Starlette + aiohttp"),
+        ("bench.baseline_h1", "baseline Starlette + h1 (gateway's client)"),
     ):
         port = free_port()
         proc = start_server(
@@ -377,7 +378,7 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument(
         "--httpx-baseline",
         action="store_true",
-        help="also bare Starlette pass-throughs with httpx and with aiohttp",
+        help="also bare Starlette pass-throughs with httpx, aiohttp and the gateway's h1",
     )
     p.add_argument("--stream-requests", type=int, default=200)
     p.add_argument("--stream-concurrency", type=int, default=8)
