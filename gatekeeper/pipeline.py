@@ -283,10 +283,12 @@ class Pipeline:
         """Audit, settle, answer. Settling and the headers happen while JetStream
         acknowledges the record (strict mode sends it before this awaits)."""
         sealed = self.auditor.begin(ex)
-        if ex.ticket is not None:
-            self.admission.settle(ex)
-        headers = self._reply_headers(ex)
-        await self.auditor.end(ex, sealed)
+        try:
+            if ex.ticket is not None:
+                self.admission.settle(ex)
+            headers = self._reply_headers(ex)
+        finally:  # a sealed record is always seen through (the chain waits on it)
+            await self.auditor.end(ex, sealed)
         headers["x-gatekeeper-overhead-ms"] = self._overhead(ex)
         return json_response(body, headers)
 
