@@ -8,16 +8,16 @@ the gateway uses), so the two figures differ by the client's cost alone.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from bench.baselines import serve
 
 
 def create_app(upstream: str) -> Starlette:
@@ -47,20 +47,7 @@ def create_app(upstream: str) -> Starlette:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:9001")
-    args = p.parse_args()
-    uvicorn.run(
-        create_app(args.upstream),
-        host="127.0.0.1",
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        workers=1,
-    )
+    serve(create_app, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

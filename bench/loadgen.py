@@ -17,6 +17,7 @@ import math
 import os
 import re
 import resource
+import signal
 import statistics
 import subprocess
 import time
@@ -383,3 +384,15 @@ def run_streams(
     except ImportError:
         return asyncio.run(streams)
     return uvloop.run(streams)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 15 s: every bench process ends this way."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

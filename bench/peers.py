@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Mapping
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.loadgen import CHAT_BODY, CHAT_PATH, loopback_only
+from bench.loadgen import CHAT_BODY, CHAT_PATH, loopback_only, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_DIR = ROOT / ".bench-peers"
@@ -255,7 +254,7 @@ def start(
             stderr=out,
             stdin=subprocess.DEVNULL,
         )
-    stack.callback(stop, proc)
+    stack.callback(stop_process, proc)
     url = peer.url + CHAT_PATH
     deadline = time.monotonic() + timeout
     last = ""
@@ -271,14 +270,3 @@ def start(
             last = repr(e)
         time.sleep(0.25)
     raise RuntimeError(f"{peer.name} not answering {url} in {timeout:.0f}s (last: {last})")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)

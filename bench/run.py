@@ -43,6 +43,7 @@ from bench.loadgen import (
     process_tree,
     run_streams,
     run_wrk,
+    stop_process,
 )
 from bench.report import Results, bar_lines, render, write_section
 from gatekeeper.bus.embedded import EmbeddedNats, free_port
@@ -123,17 +124,6 @@ def start_server(
     stack.callback(stop_process, proc)
     _wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", proc, log)
     return proc
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 def tree(proc: subprocess.Popen[bytes] | None) -> Callable[[], list[int]]:
