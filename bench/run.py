@@ -133,11 +133,25 @@ def tree(proc: subprocess.Popen[bytes] | None) -> Callable[[], list[int]]:
 
 
 def start_gateway(stage: Stage, workers: int) -> GatewayProcess:
+    """``python -m gatekeeper serve`` in front of the stage's upstream (see ``launch_gateway``)."""
+    return launch_gateway(
+        stage.stack, stage.tmp, stage.upstream_url, stage.nats_url, stage.issuer, workers
+    )
+
+
+def launch_gateway(
+    stack: contextlib.ExitStack,
+    tmp: Path,
+    upstream_url: str,
+    nats_url: str,
+    issuer: Issuer,
+    workers: int,
+) -> GatewayProcess:
     """``python -m gatekeeper serve`` in front of the upstream; waits for every worker."""
     provider = {
         "name": "bench",
         "kind": "openai",
-        "base_url": f"{stage.upstream_url}/v1",
+        "base_url": f"{upstream_url}/v1",
         "api_key": "sk-bench",
         "timeouts": {"connect_s": 2, "first_byte_s": 10, "total_s": 30},
     }
@@ -145,12 +159,10 @@ def start_gateway(stage: Stage, workers: int) -> GatewayProcess:
         chat_model("gpt-4o-mini", "bench"),
         embedding_model("text-embedding-3-small", "bench"),
     ]
-    state = stage.tmp / f"state-w{workers}"
-    config = base_config(
-        [provider], models, stage.issuer, state, demo="off", audit={"mode": "strict"}
-    )
-    gw = GatewayProcess(config, stage.tmp / f"gw-w{workers}", stage.nats_url, workers=workers)
-    stage.stack.callback(gw.stop)
+    state = tmp / f"state-w{workers}"
+    config = base_config([provider], models, issuer, state, demo="off", audit={"mode": "strict"})
+    gw = GatewayProcess(config, tmp / f"gw-w{workers}", nats_url, workers=workers)
+    stack.callback(gw.stop)
     gw.start(timeout=60)
     deadline = time.monotonic() + 60
     while gw.logs().count('"node.started"') < workers:  # every worker, not just the first

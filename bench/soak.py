@@ -34,7 +34,7 @@ import httpx
 import nats
 
 from bench.loadgen import process_tree, run_wrk
-from bench.run import check_ok, start_gateway, start_server
+from bench.run import check_ok, launch_gateway, start_server
 from gatekeeper.bus.embedded import EmbeddedNats, free_port
 from gatekeeper.bus.streams import AUDIT
 from tests.harness.gateway import Issuer
@@ -203,7 +203,7 @@ def soak(minutes: float, stack: contextlib.ExitStack, tmp: Path) -> tuple[list[S
     nats_server.start()
     issuer = Issuer(tmp / "issuer")
     token = issuer.token("soak", budget_tokens=10**12, rpm=10**9, tpm=10**12)
-    gw = start_gateway(stack, tmp, up_url, nats_server.url, issuer, 1)
+    gw = launch_gateway(stack, tmp, up_url, nats_server.url, issuer, 1)
     check_ok(gw.url, token)
     assert gw.proc is not None and upstream.pid
     total_s = minutes * 60
