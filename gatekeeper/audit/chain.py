@@ -139,8 +139,8 @@ def _splice_wire(canonical: bytes, digest: str, sig: str) -> bytes:
 class AuditChain:
     """Seals one node's records into its chain: assigns seq and prev, hashes, signs.
 
-    ``seal`` is synchronous and cheap (about 21 µs measured on 2026-12-01, two thirds of it the Ed25519
-    signature); it holds a lock, so seq order is seal order even across threads.
+    ``seal`` is synchronous and cheap (about 21 µs measured on 2026-12-01, two thirds
+    of it the Ed25519 signature); it holds a lock, so seq order is seal order even across threads.
     Records must then be published in seal order. To resume after a restart, pass
     the ``state()`` saved earlier, or use ``resume()`` with the node's last record.
     """

@@ -4,7 +4,8 @@ Why not aiohttp or httpx: a general client spends much of its per-request CPU on
 features an upstream call never uses (cookies, redirects, auth flows, multipart,
 per-request timeout objects). In a raw-ASGI uvicorn pass-through this client measured
 30 µs per request against aiohttp's 89 µs (uvicorn included); the bare Starlette
-baselines in BENCHMARKS.md compare all three (README "Upstream HTTP client"). It speaks exactly what the providers need:
+baselines in BENCHMARKS.md compare all three (README "Upstream HTTP client").
+It speaks exactly what the providers need:
 
 * ``POST`` with a bytes body; ``http`` or ``https`` (the default TLS context:
   system CAs, hostname checked); one pool of keep-alive connections per provider,
