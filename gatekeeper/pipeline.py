@@ -51,7 +51,7 @@ class RouteDecision:
     ``plan`` and ``event`` may be deferred (``later``): a named model's failover order
     needs the prompt's task class, which is then scored only when something asks —
     the pool after a failed first attempt, or the routing event, built while the
-    upstream call is in flight — and not on the request's critical path.
+    audit record's ack travels — and not on the request's critical path.
     """
 
     __slots__ = ("_event", "_later", "_plan", "mode", "model", "prompt_tokens", "reason")

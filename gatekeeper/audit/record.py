@@ -17,6 +17,7 @@ every record can be encoded as UTF-8 JSON. Float fields are stored as ``float``
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Mapping
@@ -54,16 +55,16 @@ _INT_FIELDS = ("status", "prompt_tokens", "completion_tokens", "total_tokens")
 _FLOAT_FIELDS = ("cost_usd", "latency_ms", "ttft_ms")
 
 
-_SECOND: list[Any] = [None, ""]  # the last whole second formatted, and its text
+@functools.lru_cache(maxsize=4)
+def _utc_second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 def rfc3339_ms(epoch_seconds: float) -> str:
     """``2025-01-31T12:34:56.789Z``: RFC 3339, UTC, millisecond precision."""
     whole = math.floor(epoch_seconds)
     millis = min(999, int((epoch_seconds - whole) * 1000))
-    if _SECOND[0] != whole:
-        _SECOND[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
-    return f"{_SECOND[1]}.{millis:03d}Z"
+    return f"{_utc_second(whole)}.{millis:03d}Z"
 
 
 def _clean_text(value: str | None) -> str | None:

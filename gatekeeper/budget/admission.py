@@ -125,10 +125,8 @@ class LedgerAdmission:
         now = self.clock()
         ids, limits = self._plan(claims, now)
         if req is not None:
-            route = ex.route
-            prompt = route.prompt_tokens if route is not None and route.prompt_tokens else None
-            if prompt is None:
-                prompt = estimate_tokens(req.body["messages"])
+            estimated = ex.route.prompt_tokens if ex.route is not None else 0
+            prompt = estimated or estimate_tokens(req.body["messages"])
             completion = req.max_tokens or self.default_max_tokens
         else:  # embeddings: the input is the whole cost
             prompt, completion = max(1, ex.input_chars // 4), 0

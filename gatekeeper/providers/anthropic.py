@@ -21,7 +21,7 @@ from gatekeeper.providers.anthropic_wire import (
     to_anthropic_request,
 )
 from gatekeeper.providers.base import Call, Reply, ReplyStream, StreamState, Usage
-from gatekeeper.providers.http import make_pool, mapped_errors, open_stream, post
+from gatekeeper.providers.http import make_pool, map_error, mapped_errors, open_stream, post
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; used when the client sets none
 
@@ -86,9 +86,11 @@ class AnthropicProvider:
 
     async def chat(self, call: Call) -> Reply:
         payload = self._payload(call, stream=False)
-        with mapped_errors(self.name):  # bounded by total_timeout_s in the pool
+        try:  # bounded by total_timeout_s in the pool
             resp = await self._post(payload)
             raw = await resp.read()
+        except (h1.UpstreamError, TimeoutError) as exc:
+            raise map_error(self.name, exc) from exc
         try:
             message = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -31,10 +31,10 @@ def make_pool(cfg: ProviderConfig) -> h1.Pool:
     )
 
 
-def map_error(provider: str, exc: BaseException, *, streaming: bool = False) -> BaseException:
-    """The gateway's ProviderError for an upstream-client or timeout failure (else ``exc``)."""
-    if isinstance(exc, ProviderError):
-        return exc
+def map_error(
+    provider: str, exc: h1.UpstreamError | TimeoutError, *, streaming: bool = False
+) -> ProviderError:
+    """The gateway's ProviderError for an upstream-client failure or a timeout."""
     if isinstance(exc, TimeoutError):  # h1.ReadTimeout, or an asyncio.timeout around the call
         return ProviderTimeout(f"{provider}: timed out waiting for the upstream", provider=provider)
     if isinstance(exc, h1.ConnectFailed):
@@ -42,9 +42,7 @@ def map_error(provider: str, exc: BaseException, *, streaming: bool = False) -> 
     if isinstance(exc, h1.ConnectionClosed):
         cls = StreamInterrupted if streaming else ProviderError
         return cls(f"{provider}: the upstream closed the connection early", provider=provider)
-    if isinstance(exc, h1.UpstreamError):
-        return ProviderError(f"{provider}: {exc}", provider=provider)
-    return exc
+    return ProviderError(f"{provider}: {exc}", provider=provider)
 
 
 @contextlib.contextmanager

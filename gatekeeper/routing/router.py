@@ -245,21 +245,24 @@ def peers(
     """The failover order for a named model: what ``choose(mode="capability")`` ranks
     (highest ``task`` quality first, ties cheaper; open breakers last resort), without
     building its reason. Empty if no model fits."""
-    wanted = needs.capabilities()
-    eligible = [
-        spec
-        for spec in matrix.of_kind(needs.kind)
-        if wanted <= spec.capabilities and needs.fits(spec)
-    ]
+    eligible = _fitting(matrix.of_kind(needs.kind), needs)
     if open_breakers:
         eligible = [s for s in eligible if s.provider not in open_breakers] or eligible
-    return tuple(sorted(eligible, key=lambda m: (-m.quality_for(task), m.blended_per_1k, m.name)))
+    if not eligible:
+        return ()
+    return tuple(_rank(eligible, "capability", task, 0.0, _NO_HEALTH)[0])
+
+
+def _fitting(specs: Sequence[ModelSpec], needs: Requirements) -> list[ModelSpec]:
+    """The models that offer every needed capability and hold the prompt plus completion."""
+    wanted = needs.capabilities()
+    return [spec for spec in specs if wanted <= spec.capabilities and needs.fits(spec)]
 
 
 def _eligible(matrix: Matrix, needs: Requirements) -> list[ModelSpec]:
     of_kind = matrix.of_kind(needs.kind)
     wanted = needs.capabilities()
-    eligible = [spec for spec in of_kind if wanted <= spec.capabilities and needs.fits(spec)]
+    eligible = _fitting(of_kind, needs)
     if eligible:
         return eligible
     if of_kind and not any(needs.fits(spec) for spec in of_kind):
