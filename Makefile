@@ -22,14 +22,26 @@ $(DEVSTAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/gatekeeper serve
 
+# The suite in three phases on two processes (pytest-xdist): the ordinary tests spread
+# test by test, the slow ones (multi-process, kills, timing) file by file, then the tests
+# marked serial alone.
+PYTEST_FAST := $(BIN)/python -m pytest -q -n 2 -m "not slow"
+PYTEST_SLOW := $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "slow and not serial"
+PYTEST_SERIAL := $(BIN)/python -m pytest -q -m serial
+
 test: $(DEVSTAMP)
-	$(BIN)/python -m pytest -q
+	$(PYTEST_FAST)
+	$(PYTEST_SLOW)
+	$(PYTEST_SERIAL)
 
 check: $(DEVSTAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/lint-imports
+	$(PYTEST_FAST)
+	$(PYTEST_SLOW)
+	$(PYTEST_SERIAL)
 
 fmt: $(DEVSTAMP)
 	$(BIN)/ruff format .

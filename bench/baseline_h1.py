@@ -34,7 +34,7 @@ def create_app(upstream: str) -> Starlette:
         await pool.aclose()
 
     async def chat(request: Request) -> Response:
-        resp = await pool.post(prefix, await request.body())
+        resp = await pool.send(prefix, await request.body())
         body = await resp.read()
         return Response(body, status_code=resp.status, media_type="application/json")
 

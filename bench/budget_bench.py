@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from gatekeeper.budget.ledger import BudgetLedger
 from gatekeeper.budget.windows import Kind, Period, counter_id, window_id
-from internal.crdt import PNSlot
+from gatekeeper.internal.crdt import PNSlot
 
 KEYS = 250  # x 4 counters each = 1000 counters
 PEERS = ("node-b", "node-c", "node-d", "node-e")

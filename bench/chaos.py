@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import secrets
 import sys
 import tempfile
 import threading
@@ -80,7 +81,11 @@ class Rig:
     def cluster(self) -> list[EmbeddedNats]:
         ports = [free_port() for _ in range(3)]
         routes = [f"nats://127.0.0.1:{p}" for p in ports]
-        servers = [self.nats(cluster_name="gk-chaos", cluster_port=p, routes=routes) for p in ports]
+        password = secrets.token_urlsafe(24)  # one client password for the cluster
+        servers = [
+            self.nats(cluster_name="gk-chaos", cluster_port=p, routes=routes, password=password)
+            for p in ports
+        ]
         wait_for_jetstream(servers)
         return servers
 

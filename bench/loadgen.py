@@ -34,6 +34,14 @@ CHAT_PATH = "/v1/chat/completions"
 CHAT_BODY = (
     '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}],"max_tokens":16}'
 )
+# The same question through the other two client APIs (gatekeeper.ingress); the Responses
+# one with store false, so its figure is the translation's cost, not a KV write's.
+RESPONSES_PATH = "/v1/responses"
+RESPONSES_BODY = '{"model":"gpt-4o-mini","input":"Hello!","max_output_tokens":16,"store":false}'
+MESSAGES_PATH = "/v1/messages"
+MESSAGES_BODY = (
+    '{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"Hello!"}]}'
+)
 STREAM_BODY = (
     '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello!"}],'
     '"max_tokens":64,"stream":true,"stream_options":{"include_usage":true}}'
@@ -113,10 +121,11 @@ def run_wrk(
     body: str = CHAT_BODY,
     threads: int = 1,
     headers: dict[str, str] | None = None,
+    path: str = CHAT_PATH,
 ) -> tuple[WrkResult, str]:
-    """One bounded wrk run against ``base_url`` + CHAT_PATH; returns (figures, raw report)."""
-    url = loopback_only(base_url.rstrip("/") + CHAT_PATH)
-    env = {**os.environ, "BENCH_TOKEN": token or "", "BENCH_BODY": body, "BENCH_PATH": CHAT_PATH}
+    """One bounded wrk run against ``base_url`` + ``path``; returns (figures, raw report)."""
+    url = loopback_only(base_url.rstrip("/") + path)
+    env = {**os.environ, "BENCH_TOKEN": token or "", "BENCH_BODY": body, "BENCH_PATH": path}
     env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())
     seconds = max(1, round(duration_s))
     cmd = [
@@ -220,6 +229,8 @@ class Target:
     pids: Callable[[], list[int]]
     workers: int = 0  # gateway worker processes (0: not a gateway)
     headers: dict[str, str] = field(default_factory=dict)  # extra request headers (peers)
+    path: str = CHAT_PATH  # the API it is asked through (chat, responses, messages)
+    body: str = CHAT_BODY
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +278,15 @@ def measure(target: Target, connections: int, duration: float, helpers: Helpers)
         machine_busy_seconds(),
         time.monotonic(),
     )
-    result, _ = run_wrk(target.url, connections, duration, target.token, headers=target.headers)
+    result, _ = run_wrk(
+        target.url,
+        connections,
+        duration,
+        target.token,
+        body=target.body,
+        headers=target.headers,
+        path=target.path,
+    )
     pids = target.pids()
     after = (
         cpu_seconds(pids),

@@ -34,6 +34,7 @@ class Results:
     wall_s: float = 0.0
     loadavg: list[str] = field(default_factory=list)  # /proc/loadavg at start and end
     peers: list[str] = field(default_factory=list)  # peer gateways measured, with versions
+    baseline: str = ""  # "baseline <commit>": another build measured in the same rounds
 
     def note_load(self) -> None:
         with contextlib.suppress(OSError):
@@ -55,6 +56,8 @@ PEERS_NOTE = (
 DIRECT, GATEWAY = "direct (upstream only)", "gateway w1, full pipeline"  # stream targets
 BAR_RPS_PER_WORKER = 4000.0
 BAR_ADDED_P50_MS = 0.4
+BAR_INGRESS_RATIO = 1.2  # issue 16: another API's added latency vs chat completions'
+BAR_BASELINE = 0.05  # a change keeps the ratios to the build before it within 5 %
 
 
 def _cmd(args: list[str]) -> str:
@@ -141,6 +144,56 @@ def bars(results: Results) -> list[tuple[str, str, bool]]:
                 med <= BAR_ADDED_P50_MS,
             )
         )
+        for api in ("Responses API", "Messages API"):  # gatekeeper.ingress: within 1.2x of chat
+            other = results.added_p50_ms.get(api)
+            if other and med > 0:
+                ratio = statistics.median(other) / med
+                out.append(
+                    (
+                        f"{api} added p50 ≤ {BAR_INGRESS_RATIO}× chat completions' (1 connection)",
+                        f"{statistics.median(other):.3f} ms ({ratio:.2f}×)",
+                        ratio <= BAR_INGRESS_RATIO,
+                    )
+                )
+    return out + baseline_bars(results)
+
+
+def baseline_bars(results: Results) -> list[tuple[str, str, bool]]:
+    """This build against ``--baseline``'s, every ratio from the same interleaved rounds."""
+    if not results.baseline:
+        return []
+    out: list[tuple[str, str, bool]] = []
+    label, tol = results.baseline, BAR_BASELINE
+    base32, gw32 = find(results, f"{label} w1, full pipeline", 32), find(results, GATEWAY, 32)
+    if base32 is not None and gw32 is not None:
+        ratio = gw32.median(lambda s: s.wrk.rps) / base32.median(lambda s: s.wrk.rps)
+        out.append((f"req/s at 32 connections ≥ {1 - tol:.2f}× {label}'s", f"{ratio:.3f}×",
+                    ratio >= 1 - tol))  # fmt: skip
+        cpu = gw32.per_1k(lambda s: s.cpu_s) / base32.per_1k(lambda s: s.cpu_s)
+        out.append((f"CPU s / 1k req at 32 connections ≤ {1 + tol:.2f}× {label}'s",
+                    f"{cpu:.3f}×", cpu <= 1 + tol))  # fmt: skip
+    mine, theirs = (
+        results.added_p50_ms.get("full pipeline"),
+        results.added_p50_ms.get(f"{label} w1, full pipeline"),
+    )
+    if mine and theirs:
+        ratio = statistics.median(mine) / statistics.median(theirs)
+        out.append((f"added p50 at 1 connection ≤ {1 + tol:.2f}× {label}'s", f"{ratio:.3f}×",
+                    ratio <= 1 + tol))  # fmt: skip
+    base_s = results.streams.get(f"{label} w1, full pipeline")
+    runs = [results.streams.get(GATEWAY), results.streams.get(f"{GATEWAY} (again)")]
+    direct = results.streams.get(DIRECT)
+    got = [r for r in runs if r is not None]
+    if base_s is not None and got and direct is not None:
+        added = statistics.median(r.ttft_p50_ms for r in got) - direct.ttft_p50_ms
+        theirs_added = base_s.ttft_p50_ms - direct.ttft_p50_ms
+        if theirs_added > 0:
+            ratio = added / theirs_added
+            out.append((f"stream added TTFT p50 ≤ {1 + tol:.2f}× {label}'s", f"{ratio:.3f}×",
+                        ratio <= 1 + tol))  # fmt: skip
+        cps = statistics.median(r.chunks_per_s for r in got) / base_s.chunks_per_s
+        out.append((f"stream chunks/s ≥ {1 - tol:.2f}× {label}'s", f"{cps:.3f}×",
+                    cps >= 1 - tol))  # fmt: skip
     return out
 
 
@@ -191,7 +244,10 @@ def _extra_tables(results: Results) -> list[str]:
     scaled = [
         s
         for s in results.scenarios
-        if s.target.workers and s.connections == 32 and "full" in s.target.name
+        if s.target.workers
+        and s.connections == 32
+        and s.target.name.startswith("gateway w")
+        and "full" in s.target.name
     ]
     if len(scaled) > 1:
         out += [

@@ -33,9 +33,13 @@ from typing import Any, NoReturn
 
 import httpx
 
-from bench import peers
+from bench import baseline_build, peers
 from bench.loadgen import (
     CHAT_BODY,
+    MESSAGES_BODY,
+    MESSAGES_PATH,
+    RESPONSES_BODY,
+    RESPONSES_PATH,
     Helpers,
     Scenario,
     Target,
@@ -70,6 +74,7 @@ class Options:
     argv: tuple[str, ...]
     peers: bool = True  # LiteLLM proxy and Portkey, if `make bench-peers` installed them
     only_peers: bool = False  # direct and the peers only: no gateway, baselines or micro
+    baseline: Path | None = None  # another build's checkout, measured in the same rounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,15 +177,19 @@ def launch_gateway(
     return gw
 
 
-def check_ok(base_url: str, token: str | None) -> None:
+def check_ok(
+    base_url: str,
+    token: str | None,
+    path: str = "/v1/chat/completions",
+    body: str = CHAT_BODY,
+) -> None:
     """One request before any load: a benchmark of error responses measures nothing."""
     headers = {"content-type": "application/json"}
     if token:
         headers["authorization"] = f"Bearer {token}"
-    r = httpx.post(
-        f"{base_url}/v1/chat/completions", content=CHAT_BODY, headers=headers, timeout=10
-    )
-    if r.status_code != 200 or r.json().get("object") != "chat.completion":
+    r = httpx.post(f"{base_url}{path}", content=body, headers=headers, timeout=10)
+    kinds = {"chat.completion", "response"}
+    if r.status_code != 200 or (r.json().get("object") not in kinds and "content" not in r.json()):
         raise RuntimeError(f"{base_url}: {r.status_code} {r.text[:500]}")
 
 
@@ -214,7 +223,7 @@ def added_p50(direct: Scenario, gateway: Scenario) -> list[float]:
 
 
 def run_micro(results: Results) -> None:
-    for name in ("auth_bench", "budget_bench", "routing_bench"):
+    for name in ("auth_bench", "budget_bench", "routing_bench", "privacypass_bench"):
         path = ROOT / "bench" / f"{name}.py"
         if not path.exists():
             continue
@@ -282,11 +291,31 @@ def one_worker(stage: Stage, direct: Target, results: Results) -> GatewayProcess
         check_ok(gw.url, token)
     full = Target("gateway w1, full pipeline", gw.url, stage.full_token, tree(gw.proc), 1)
     plain = Target("gateway w1, plain token", gw.url, stage.plain_token, full.pids, 1)
-    matrix = [Scenario(t, c) for c in (1, 32) for t in (direct, full, plain)]
+    responses = Target("gateway w1, Responses API", gw.url, stage.full_token, full.pids, 1,
+                       path=RESPONSES_PATH, body=RESPONSES_BODY)  # fmt: skip
+    messages = Target("gateway w1, Messages API", gw.url, stage.full_token, full.pids, 1,
+                      path=MESSAGES_PATH, body=MESSAGES_BODY)  # fmt: skip
+    for target in (responses, messages):
+        check_ok(gw.url, stage.full_token, target.path, target.body)
+    targets: tuple[Target, ...] = (direct, full, plain, responses, messages)
+    if stage.opts.baseline is not None:  # the other build, in the same interleaved rounds
+        b = baseline_build.start(stage.opts.baseline, stage.upstream_url, stage.tmp, stage.stack)
+        log(f"baseline {b.label} at {b.url}")
+        check_ok(b.url, b.token)
+        results.baseline = b.label
+        base = Target(
+            f"{b.label} w1, full pipeline", b.url, b.token, lambda: process_tree(b.pid), 1
+        )
+        targets = (*targets, base)
+    matrix = [Scenario(t, c) for c in (1, 32) for t in targets]
     run_matrix(matrix, stage.opts, stage.helpers)
     results.scenarios += matrix
     results.added_p50_ms["full pipeline"] = added_p50(matrix[0], matrix[1])
     results.added_p50_ms["plain token"] = added_p50(matrix[0], matrix[2])
+    results.added_p50_ms["Responses API"] = added_p50(matrix[0], matrix[3])
+    results.added_p50_ms["Messages API"] = added_p50(matrix[0], matrix[4])
+    if len(targets) > 5:
+        results.added_p50_ms[targets[5].name] = added_p50(matrix[0], matrix[5])
     return gw
 
 
@@ -295,11 +324,23 @@ def streams(stage: Stage, gw: GatewayProcess, results: Results) -> None:
     log(f"streams  {n} x direct, gateway (concurrency {conc})")
     results.streams["direct (upstream only)"] = run_streams(stage.upstream_url, None, n, conc)
     results.streams["gateway w1, full pipeline"] = run_streams(gw.url, stage.full_token, n, conc)
+    base = (
+        find_target(results, f"{results.baseline} w1, full pipeline") if results.baseline else None
+    )
+    if base is not None:  # the baseline build, right after this one
+        results.streams[base.name] = run_streams(base.url, base.token, n, conc)
+        results.streams["gateway w1, full pipeline (again)"] = run_streams(
+            gw.url, stage.full_token, n, conc
+        )
     for name, s in results.streams.items():
         log(
             f"         {name:<28} TTFT p50 {s.ttft_p50_ms:.3f} ms p99 {s.ttft_p99_ms:.3f} ms "
             f"{s.chunks_per_s:9.0f} chunks/s failed {s.failed}"
         )
+
+
+def find_target(results: Results, name: str) -> Target | None:
+    return next((s.target for s in results.scenarios if s.target.name == name), None)
 
 
 def scaling(stage: Stage, results: Results) -> None:
@@ -391,6 +432,12 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument("--no-micro", action="store_true", help="skip bench/*_bench.py")
     p.add_argument("--no-peers", action="store_true", help="skip LiteLLM proxy and Portkey")
     p.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another build (with its .venv): measured in the same rounds, "
+        "with ratio bars (bench/baseline_build.py)",
+    )
+    p.add_argument(
         "--only",
         choices=["peers"],
         help="peers: direct and the peer gateways only (implies --no-write)",
@@ -419,6 +466,7 @@ def parse_args(argv: list[str]) -> Options:
         tuple(argv),
         not a.no_peers,
         a.only == "peers",
+        a.baseline.resolve() if a.baseline else None,
     )
 
 

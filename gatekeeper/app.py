@@ -7,6 +7,7 @@ created in the lifespan and handed to the pipeline; nothing is global.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,8 +19,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from gatekeeper.batches.api import batch_routes
+from gatekeeper.bus.natsauth import redact_url
 from gatekeeper.catalog import Catalog, model_entry
 from gatekeeper.config import Config
 from gatekeeper.errors import (
@@ -33,10 +36,14 @@ from gatekeeper.http.boundary import endpoint
 from gatekeeper.http.inbound import Inbound, Readable, request_id_for
 from gatekeeper.http.openapi import OPENAPI_JSON
 from gatekeeper.http.responses import error_response, json_response
+from gatekeeper.ingress.routes import ingress_routes
 from gatekeeper.node import Node, start_node
 from gatekeeper.observability.dashboard import observability_routes
+from gatekeeper.passes.service import ISSUE_PATH, PassService
+from gatekeeper.passes.wallet import DIRECTORY_PATH
 from gatekeeper.pipeline import Pipeline
 from gatekeeper.routing.matrix import Matrix
+from gatekeeper.runtime import tune_gc
 
 log = structlog.get_logger("gatekeeper.app")
 
@@ -76,10 +83,12 @@ def create_app(config: Config, identity: NodeIdentity) -> FastPaths:
         log.info(
             "node.started",
             node_id=identity.node_id,
-            nats=identity.nats_url,
+            nats=redact_url(identity.nats_url),
             models=len(state.catalog.models),
             demo=state.catalog.demo,
         )
+        if config.server.gc_tuning:
+            tune_gc()
         try:
             yield
         finally:
@@ -96,14 +105,14 @@ def create_app(config: Config, identity: NodeIdentity) -> FastPaths:
 
     @endpoint
     async def models(request: Request, rid: str, started: float) -> Response:
-        state.pipeline.verifier.verify_bearer(request.headers.get("authorization"))
+        await state.pipeline.authenticate(request)
         matrix = state.live_matrix()
         body = {"object": "list", "data": [model_entry(m, state.created) for m in matrix]}
         return json_response(orjson.dumps(body), {"x-request-id": rid})
 
     @endpoint
     async def model(request: Request, rid: str, started: float) -> Response:
-        state.pipeline.verifier.verify_bearer(request.headers.get("authorization"))
+        await state.pipeline.authenticate(request)
         name = request.path_params["model"]
         spec = state.live_matrix().get(name)
         if spec is None:
@@ -115,7 +124,7 @@ def create_app(config: Config, identity: NodeIdentity) -> FastPaths:
         """A key's own budget and rate-limit counters, as this node sees them."""
         node = state.node
         assert node is not None
-        claims = state.pipeline.verifier.verify_bearer(request.headers.get("authorization"))
+        claims = await state.pipeline.authenticate(request)
         body = {
             "key_id": claims.sub,
             "tenant": claims.tenant,
@@ -123,6 +132,14 @@ def create_app(config: Config, identity: NodeIdentity) -> FastPaths:
             "counters": node.admission.usage(claims),
         }
         return json_response(orjson.dumps(body), {"x-request-id": rid})
+
+    @endpoint
+    async def pass_issue(request: Request, rid: str, started: float) -> Response:
+        return await _passes(state).issue(request, rid, started)
+
+    @endpoint
+    async def pass_directory(request: Request, rid: str, started: float) -> Response:
+        return await _passes(state).directory(request, rid, started)
 
     async def healthz(request: Request) -> Response:
         return json_response(b'{"status":"ok"}', {})
@@ -151,12 +168,19 @@ def create_app(config: Config, identity: NodeIdentity) -> FastPaths:
             else None,
         )
 
+    extra_routes, extra_fast = ingress_routes(config, lambda: state.node)
     routes = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
+        *extra_routes,  # /v1/messages, /v1/responses (gatekeeper.ingress)
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/v1/gatekeeper/usage", usage, methods=["GET"]),
+        *batch_routes(
+            config.batches, config.server.max_body_bytes, lambda: state.node, dict(config.aliases)
+        ),
+        Route(ISSUE_PATH, pass_issue, methods=["POST"]),
+        Route(DIRECTORY_PATH, pass_directory, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
@@ -166,9 +190,17 @@ def create_app(config: Config, identity: NodeIdentity) -> FastPaths:
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
     app.state.gateway = state
-    return FastPaths(
-        app, {("POST", "/v1/chat/completions"): chat, ("POST", "/v1/embeddings"): embeddings}
-    )
+    fast = {("POST", "/v1/chat/completions"): chat, ("POST", "/v1/embeddings"): embeddings}
+    return FastPaths(state, app, {**fast, **extra_fast})
+
+
+def _passes(state: AppState) -> PassService:
+    node = state.node
+    if node is None:
+        raise ServiceUnavailable("The gateway is still starting")
+    if node.passes is None:
+        raise NotFound("Privacy Passes are not enabled here (passes.enabled)", code="unknown_url")
+    return node.passes
 
 
 class FastPaths:
@@ -176,22 +208,54 @@ class FastPaths:
 
     The handlers carry their own error boundary, so skipping Starlette's middleware
     and router for them changes no behaviour, only the per-request cost.
+
+    Every HTTP request first passes the node's abuse shield (``auth.shield``): a
+    refusal is answered here; a 401 is accounted to the client's address.
     """
 
     def __init__(
         self,
+        gateway: AppState,
         app: Starlette,
         routes: dict[tuple[str, str], Callable[[Readable], Awaitable[Response]]],
     ) -> None:
+        self.gateway = gateway
         self.app = app
         self.routes = routes
         self.state = app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            handler = self.routes.get((scope["method"], scope["path"]))
-            if handler is not None:
-                response = await handler(Inbound(scope, receive))
-                await response(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        node = self.gateway.node
+        failed = None  # where a 401 is accounted: the shield, for a non-exempt address
+        if node is not None and node.shield is not None:
+            ip, refusal = node.shield.check(scope)
+            if refusal is not None:
+                rid = request_id_for(None)
+                await error_response(refusal, rid)(scope, receive, send)
                 return
+            if ip is not None:
+                failed = functools.partial(node.shield.failed, ip)
+        handler = self.routes.get((scope["method"], scope["path"]))
+        if handler is not None:
+            response = await handler(Inbound(scope, receive))
+            if failed is not None and response.status_code == 401:
+                failed()
+            await response(scope, receive, send)
+            return
+        if failed is not None:
+            send = _watch_401(send, failed)
         await self.app(scope, receive, send)
+
+
+def _watch_401(send: Send, failed: Callable[[], None]) -> Send:
+    """``send``, noting a 401 response (Starlette-routed endpoints: not the hot path)."""
+
+    async def watched(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 401:
+            failed()
+        await send(message)
+
+    return watched

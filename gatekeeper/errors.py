@@ -6,6 +6,7 @@
     │   ├── PayloadTooLarge           413
     │   ├── UnsupportedMediaType      415
     │   ├── MethodNotAllowed          405
+    │   ├── Conflict                  409 (a batch that can no longer be cancelled)
     │   └── NotFound                  404
     │       └── ModelNotFound         404 model_not_found
     ├── AuthError                     401 invalid_api_key
@@ -15,13 +16,19 @@
     ├── ProviderError                 502 upstream_error
     │   ├── ProviderTimeout           504 upstream_timeout
     │   ├── ProviderUnavailable       503 upstream_unavailable
+    │   │   └── UpstreamBusy          503 upstream_busy (no free connection: not its fault)
     │   ├── ProviderRejected          4xx the upstream's own client error, passed on
+    │   ├── UpstreamTooLarge          502 upstream_response_too_large (a cap was hit)
     │   └── StreamInterrupted         502 upstream_stream_interrupted
     └── ServiceUnavailable            503 (the gateway itself: still starting)
 
-Failover is ``except ProviderError``. The request path never catches ``Exception``
-except at the single outermost boundary (``gatekeeper.http.boundary``), which turns
-an unexpected bug into a 500 carrying the request id.
+    ConfigError (a ValueError)        configuration refused before serving (never on the wire)
+
+Failover is ``except ProviderError``; ``ProviderError.blames_provider`` says whether
+the failure counts against the provider's health and breaker (``UpstreamBusy`` does
+not). The request path never catches ``Exception`` except at the single outermost
+boundary (``gatekeeper.http.boundary``), which turns an unexpected bug into a 500
+carrying the request id.
 """
 
 from __future__ import annotations
@@ -93,6 +100,11 @@ class NotFound(InvalidRequest):
     default_code = "not_found"
 
 
+class Conflict(InvalidRequest):
+    status = 409
+    default_code = "conflict"
+
+
 class ModelNotFound(NotFound):
     default_code = "model_not_found"
 
@@ -143,6 +155,7 @@ class ProviderError(GatewayError):
     status = 502
     type = "api_error"
     default_code = "upstream_error"
+    blames_provider: ClassVar[bool] = True  # counts against health and the breaker
 
     def __init__(
         self,
@@ -171,6 +184,22 @@ class ProviderTimeout(ProviderError):
 class ProviderUnavailable(ProviderError):
     status = 503
     default_code = "upstream_unavailable"
+
+
+class UpstreamBusy(ProviderUnavailable):
+    """No connection slot to the upstream came free in time: this gateway is busy.
+
+    Failover tries the next provider; the provider's health and breaker are left alone.
+    """
+
+    default_code = "upstream_busy"
+    blames_provider = False
+
+
+class UpstreamTooLarge(ProviderError):
+    """The upstream exceeded a cap (response head, body, decoded body, one SSE event)."""
+
+    default_code = "upstream_response_too_large"
 
 
 class ProviderRejected(ProviderError):
@@ -209,6 +238,14 @@ class StreamInterrupted(ProviderError):
     default_code = "upstream_stream_interrupted"
 
 
+class ClientDisconnected(GatewayError):
+    """The client went away before its answer (recorded as 499; nobody reads the reply)."""
+
+    status = 499
+    type = "invalid_request_error"
+    default_code = "client_disconnected"
+
+
 class ServiceUnavailable(GatewayError):
     status = 503
     type = "server_error"
@@ -225,3 +262,7 @@ def internal_error(request_id: str) -> GatewayError:
     return GatewayError(
         f"The gateway hit an unexpected error. Quote request id {request_id} when reporting it."
     )
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot be used; the message starts with the YAML path."""

@@ -12,11 +12,13 @@ import dataclasses
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 import uvicorn
@@ -29,7 +31,8 @@ from gatekeeper.auth.keyfiles import (
     load_secret_key,
     mint,
 )
-from gatekeeper.config import Config
+from gatekeeper.bus import natsauth
+from gatekeeper.config import Config, NatsConfig
 from gatekeeper.http.edge import GatewayHttpProtocol
 from gatekeeper.observability.metrics import worker_exited
 
@@ -42,8 +45,8 @@ def node_id_for(config: Config, worker: int) -> str:
     """A unique, stable node id: config/env override, else host-port-worker."""
     explicit = os.environ.get("GATEKEEPER_NODE_ID") or config.node_id
     base = explicit or f"{socket.gethostname()}-{config.server.port}"
-    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in base)[:100]
-    return f"{safe}-w{worker}"
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in base)
+    return f"{safe[:56]}-w{worker}"  # node ids are at most 64 characters (NODE_ID)
 
 
 def ensure_dev_issuer(config: Config) -> tuple[Config, str | None]:
@@ -62,13 +65,61 @@ def ensure_dev_issuer(config: Config) -> tuple[Config, str | None]:
     return dataclasses.replace(config, auth=auth), str(directory / SECRET_KEY_FILE)
 
 
-def banner(config: Config, token: str | None, nats_url: str, demo: bool) -> str:
-    base = f"http://{config.server.host}:{config.server.port}/v1"
+def credentials_env(nats: NatsConfig) -> dict[str, str]:
+    """User/password for the worker processes' environment (argv is public in ``ps``)."""
+    if not nats.user:
+        return {}
+    return {natsauth.USER_ENV: nats.user, natsauth.PASSWORD_ENV: nats.password}
+
+
+def nats_line(nats: NatsConfig, nats_url: str, anonymous_ok: bool | None) -> list[str]:
+    """The banner's NATS line (never a credential), and a warning for an open NATS."""
+    kind = natsauth.auth_kind(nats)
+    who = {"creds": "creds file", "nkey": "nkey", "user": f"user {nats.user}"}.get(kind, "")
+    tls = "TLS" if natsauth.tls_expected(nats, nats_url) else "no TLS"
+    lines = [f"  NATS:  {natsauth.redact_url(nats_url)} ({', '.join(filter(None, (who, tls)))})"]
+    if anonymous_ok:
+        lines.append(
+            "  WARNING: this NATS accepts anonymous clients: anyone who reaches it can write "
+            "trusted keys and budgets (nats.insecure; see docs/security.md)"
+        )
+    return lines
+
+
+DEV_TOKEN_FILE = "dev.token"
+
+
+def hide_token(config: Config, token: str | None) -> str | None:
+    """JSON-log mode (logs are collected): write the dev token to a 0600 file instead
+    of the banner; returns the file's path (None: nothing to hide)."""
+    if token is None:
+        return None
+    path = Path(config.auth.dev_issuer_dir) / DEV_TOKEN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    return str(path)
+
+
+def banner(
+    config: Config,
+    token: str | None,
+    nats_url: str,
+    demo: bool,
+    token_file: str | None = None,
+    anonymous_ok: bool | None = None,
+) -> str:
+    scheme = "https" if config.server.tls.enabled else "http"
+    base = f"{scheme}://{config.server.host}:{config.server.port}/v1"
     model = "gatekeeper-demo" if demo else "auto"
-    lines = ["", "Gatekeeper is up.", f"  API:   {base}", f"  NATS:  {nats_url}"]
+    lines = ["", "Gatekeeper is up.", f"  API:   {base}"]
+    lines += nats_line(config.nats, nats_url, anonymous_ok)
     if demo:
         lines.append("  Provider: built-in demo (no provider API key set; answers are canned)")
-    if token:
+    if token_file:
+        lines.append(f"  Dev token (valid 30 days): written to {token_file} (mode 0600)")
+    elif token:
         lines += [
             "",
             f"Dev token (valid 30 days, signed by the dev issuer in {config.auth.dev_issuer_dir}):",
@@ -108,15 +159,18 @@ def run_worker(config: Config, nats_url: str, worker: int, *, reuse_port: bool) 
         host=config.server.host,
         port=config.server.port,
         loop="uvloop",
-        http=GatewayHttpProtocol,  # httptools, one write per response (http/edge.py)
+        # httptools, bounded, one write per response (http/edge.py)
+        http=GatewayHttpProtocol.bounded(config.server.limits),
         lifespan="on",
+        ws="none",  # no WebSocket endpoints: an Upgrade is never handed to a ws protocol
         access_log=False,
         proxy_headers=False,  # nothing reads the client address; saves work per request
         server_header=False,  # no "server: uvicorn" on every response
         log_level="warning",
         timeout_graceful_shutdown=int(config.server.shutdown_grace_s),
         backlog=2048,
-        timeout_keep_alive=30,
+        timeout_keep_alive=max(1, int(config.server.limits.idle_timeout_s)),
+        **tls_options(config),
     )
     server = uvicorn.Server(ucfg)
     # uvicorn drains in-flight requests on SIGTERM/SIGINT, then re-raises the signal
@@ -127,6 +181,21 @@ def run_worker(config: Config, nats_url: str, worker: int, *, reuse_port: bool) 
     server.run(sockets=sockets)
     if server.started is False and not server.should_exit:
         sys.exit(3)
+
+
+def tls_options(config: Config) -> dict[str, Any]:
+    """uvicorn's TLS settings from ``server.tls`` (none: plain HTTP).
+
+    With ``client_ca_file`` a client certificate is asked for but optional: the API
+    authenticates with tokens; admin endpoints also accept a verified certificate.
+    """
+    tls = config.server.tls
+    if not tls.enabled:
+        return {}
+    options: dict[str, Any] = {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file}
+    if tls.client_ca_file:
+        options |= {"ssl_ca_certs": tls.client_ca_file, "ssl_cert_reqs": ssl.CERT_OPTIONAL}
+    return options
 
 
 def _stopped(signum: int, frame: object) -> None:

@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gatekeeper.edgeconfig import EdgeLimits
 from gatekeeper.errors import InvalidRequest
+
+DEFAULT_LIMITS = EdgeLimits()
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -48,8 +51,45 @@ def _opt_int(body: dict[str, Any], key: str, lo: int = 1) -> int | None:
     return v
 
 
-def _messages(body: dict[str, Any]) -> tuple[bool, bool]:
-    """Checks ``messages``; returns (uses_vision, has_tool_messages)."""
+def too_deep(value: object, budget: int) -> bool:
+    """Whether ``value`` nests objects/arrays more than ``budget`` levels (early exit).
+
+    Only containers are walked into; the work is bounded by the body's size, which
+    the body cap bounds, and stops at the first branch past the limit.
+    """
+    if budget <= 0:
+        return True
+    kind = type(value)
+    if kind is dict:
+        items: Any = value.values()  # type: ignore[attr-defined]
+    elif kind is list:
+        items = value
+    else:
+        return False
+    for item in items:
+        t = type(item)
+        if (t is dict or t is list) and too_deep(item, budget - 1):
+            return True
+    return False
+
+
+def check_depth(body: dict[str, Any], limit: int, skip: str | None = None) -> None:
+    """Refuse a body nested deeper than ``limit`` (orjson re-serialises at most 255)."""
+    for key, value in body.items():
+        if key != skip and too_deep(value, limit - 1):
+            raise _bad(
+                f"The request body nests objects and arrays more than {limit} levels deep",
+                key,
+                "nesting_too_deep",
+            )
+
+
+def _messages(body: dict[str, Any], limits: EdgeLimits) -> tuple[bool, bool]:
+    """Checks ``messages``; returns (uses_vision, has_tool_messages).
+
+    The count caps come first, so an oversized array is refused after O(messages)
+    work, before any part is looked at.
+    """
     messages = body.get("messages")
     if messages is None:
         raise _bad(
@@ -57,6 +97,24 @@ def _messages(body: dict[str, Any]) -> tuple[bool, bool]:
         )
     if not isinstance(messages, list) or not messages:
         raise _bad("messages must be a non-empty array", "messages", "invalid_type")
+    if len(messages) > limits.max_messages:
+        raise _bad(
+            f"messages has {len(messages)} entries; at most {limits.max_messages} are accepted",
+            "messages",
+            "too_many_messages",
+        )
+    parts = 0
+    for msg in messages:
+        content = msg.get("content") if type(msg) is dict else None
+        if type(content) is list:
+            parts += len(content)
+    if parts > limits.max_content_parts:
+        raise _bad(
+            f"messages have {parts} content parts in all; "
+            f"at most {limits.max_content_parts} are accepted",
+            "messages",
+            "too_many_content_parts",
+        )
     vision = tools = False
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
@@ -88,9 +146,15 @@ def _messages(body: dict[str, Any]) -> tuple[bool, bool]:
     return vision, tools
 
 
-def validate_chat(body: dict[str, Any]) -> ChatRequest:
+def validate_chat(
+    body: dict[str, Any], limits: EdgeLimits = DEFAULT_LIMITS, *, depth_checked: bool = False
+) -> ChatRequest:
+    """The chat request ``body`` means, or a 400. ``depth_checked``: the caller has
+    already refused bodies nested past ``limits.max_json_depth`` (``read_json``)."""
     model = _model(body)
-    vision, tool_msgs = _messages(body)
+    vision, tool_msgs = _messages(body, limits)
+    if not depth_checked:
+        check_depth(body, limits.max_json_depth)
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -113,8 +177,9 @@ def validate_chat(body: dict[str, Any]) -> ChatRequest:
     )
 
 
-def validate_embeddings(body: dict[str, Any]) -> str:
+def validate_embeddings(body: dict[str, Any], limits: EdgeLimits = DEFAULT_LIMITS) -> str:
     model = _model(body)
+    check_depth(body, limits.max_json_depth, skip="input")  # input's shape is checked below
     inp = body.get("input")
     if inp is None:
         raise _bad("you must provide an input parameter", "input", "missing_required_parameter")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ def nats_cluster(tmp_path: Path) -> Iterator[list[EmbeddedNats]]:
     """Three clustered nats-servers with JetStream (R3 streams are possible)."""
     cports = [free_port() for _ in range(3)]
     routes = [f"nats://127.0.0.1:{p}" for p in cports]
+    password = secrets.token_urlsafe(24)  # one client password for the whole cluster
     servers = [
         EmbeddedNats(
             tmp_path / f"n{i}",
@@ -41,6 +43,7 @@ def nats_cluster(tmp_path: Path) -> Iterator[list[EmbeddedNats]]:
             cluster_name="gk-test",
             cluster_port=cports[i],
             routes=routes,
+            password=password,
         )
         for i in range(3)
     ]
@@ -52,8 +55,12 @@ def nats_cluster(tmp_path: Path) -> Iterator[list[EmbeddedNats]]:
 
 
 @pytest.fixture(scope="session")
-def issuer(tmp_path_factory: pytest.TempPathFactory) -> Issuer:
-    return Issuer(tmp_path_factory.mktemp("issuer"))
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
+    issuer = Issuer(tmp_path_factory.mktemp("issuer"))
+    # the operator CLI commands the tests run sign with the test cluster's operator key
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GATEKEEPER_OPERATOR_KEY", str(issuer.operator_key))
+        yield issuer
 
 
 @pytest.fixture

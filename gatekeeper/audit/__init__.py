@@ -1,7 +1,7 @@
 """Step 8: the tamper-evident audit trail published to JetStream ``BH_AUDIT``.
 
 * ``record``  — ``AuditRecord`` (one per request) and ``SealedRecord`` (the wire form)
-* ``chain``   — each node's SHA-256 hash chain, Ed25519-signed; node key files
+* ``chain``   — each node's SHA-256 hash chain, Ed25519-signed (key file: ``auth.node_key``)
 * ``verify``  — ``verify_records``: what an auditor runs over an export
 * ``spool``   — ``AuditSpool``: a crash-safe local queue for when NATS is down
 
@@ -11,10 +11,7 @@ The record format is a public contract, documented in ``docs/audit.md``.
 from gatekeeper.audit.chain import (
     GENESIS,
     AuditChain,
-    NodeKeyError,
     canonical_bytes,
-    load_or_create_node_key,
-    node_public_key_text,
     record_hash,
     wire_bytes,
 )
@@ -36,15 +33,12 @@ __all__ = [
     "AuditRecord",
     "AuditSpool",
     "Issue",
-    "NodeKeyError",
     "NodeSummary",
     "SealedRecord",
     "SpoolError",
     "UnreadableLine",
     "VerifyReport",
     "canonical_bytes",
-    "load_or_create_node_key",
-    "node_public_key_text",
     "read_jsonl",
     "record_hash",
     "rfc3339_ms",

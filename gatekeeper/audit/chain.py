@@ -16,33 +16,23 @@ signature of the 32 raw hash bytes, base64url without padding; ``sig_kid`` is th
 PASERK ``k4.pid`` of the node's public key. ``prev`` links each record to the hash
 of the node's previous one; the first record's ``prev`` is ``GENESIS``.
 
-Node keys are PASERK text files, one ``k4.secret.…`` line, mode 0600, created on
-first use; the public half is shared as ``k4.public.…`` text.
+The node key itself (a PASERK file, mode 0600) is ``gatekeeper.auth.node_key``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import stat
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import orjson
 from nacl.signing import SigningKey
 
-from gatekeeper.audit.files import fsync_dir
 from gatekeeper.audit.record import AuditRecord, SealedRecord
 from gatekeeper.auth.paserk import (
-    KeyFormatError,
-    decode_secret,
-    encode_public,
-    encode_secret,
     pid,
 )
 from gatekeeper.auth.paseto import b64encode
@@ -50,10 +40,7 @@ from gatekeeper.auth.paseto import b64encode
 __all__ = [
     "GENESIS",
     "AuditChain",
-    "NodeKeyError",
     "canonical_bytes",
-    "load_or_create_node_key",
-    "node_public_key_text",
     "record_hash",
     "wire_bytes",
 ]
@@ -63,10 +50,6 @@ _UNHASHED = frozenset({"hash", "sig"})
 _ENCODER = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )
-
-
-class NodeKeyError(ValueError):
-    """A node key file is too open or is not a ``k4.secret`` PASERK."""
 
 
 _FLOAT_FIELDS = ("cost_usd", "latency_ms", "ttft_ms")
@@ -139,8 +122,8 @@ def _splice_wire(canonical: bytes, digest: str, sig: str) -> bytes:
 class AuditChain:
     """Seals one node's records into its chain: assigns seq and prev, hashes, signs.
 
-    ``seal`` is synchronous and cheap (about 21 µs measured on 2026-12-01, two thirds
-    of it the Ed25519 signature); it holds a lock, so seq order is seal order even across threads.
+    ``seal`` is synchronous (most of its cost is the Ed25519 signature); it holds a
+    lock, so seq order is seal order even across threads.
     Records must then be published in seal order. To resume after a restart, pass
     the ``state()`` saved earlier, or use ``resume()`` with the node's last record.
     """
@@ -205,44 +188,3 @@ class AuditChain:
         """``(last seq, last hash)``: what a restarted node needs to continue."""
         with self._lock:
             return self._seq, self._hash
-
-
-def node_public_key_text(key: SigningKey) -> str:
-    """The node's public key as ``k4.public.…``: what auditors are given."""
-    return encode_public(bytes(key.verify_key))
-
-
-def load_or_create_node_key(path: str | os.PathLike[str]) -> SigningKey:
-    """The node key at ``path``; created (mode 0600, never overwritten) if absent.
-
-    Refuses a file that group or others may read or write. Two processes racing to
-    create the same path end up with the same key: the file appears atomically.
-    """
-    target = Path(path)
-    if not target.exists():
-        _create_key_file(target)
-    mode = target.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise NodeKeyError(f"{target} is accessible by group or others; chmod 600 it")
-    try:
-        secret = decode_secret(target.read_text(encoding="ascii"))
-    except (KeyFormatError, UnicodeDecodeError) as exc:
-        raise NodeKeyError(f"{target}: {exc}") from None
-    return SigningKey(secret[:32])
-
-
-def _create_key_file(target: Path) -> None:
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = SigningKey.generate()
-    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as out:
-            out.write(encode_secret(bytes(key)) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        with contextlib.suppress(FileExistsError):  # another process created it first
-            os.link(temp, target)  # atomic, and never replaces an existing key
-        fsync_dir(target.parent)
-    finally:
-        temp.unlink(missing_ok=True)

@@ -2,8 +2,10 @@
 
 strict (default): ``commit`` returns only once JetStream acknowledged the record or it
     is fsynced in the local spool; for a stream, ``data: [DONE]`` follows that.
-async: ``commit`` queues the record and returns; a crash loses what was queued but
-    not yet acknowledged (at most ``ASYNC_QUEUE`` records, usually a few ms' worth).
+async: ``commit`` queues the record and returns; a crash (SIGKILL, power loss) loses
+    what was queued but not yet acknowledged (at most ``ASYNC_QUEUE`` records,
+    usually a few ms' worth). A graceful stop loses nothing: ``stop`` publishes the
+    queue, waits (bounded) for the acks in flight, and spools whatever is left.
 
 Each node's records reach BH_AUDIT in chain (seal) order. A record is published at
 once only if nothing sealed before it can still end up in the spool: the spool is
@@ -29,6 +31,7 @@ import itertools
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import structlog
@@ -36,11 +39,11 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from gatekeeper.audit.chain import AuditChain
-from gatekeeper.audit.record import Attempt, AuditRecord, rfc3339_ms
+from gatekeeper.audit.record import Attempt, AuditRecord, Continuation, rfc3339_ms
 from gatekeeper.audit.spool import AuditSpool
 from gatekeeper.bus.acks import AckedPublisher
 from gatekeeper.bus.streams import audit_subject
-from gatekeeper.pipeline import Exchange
+from gatekeeper.exchange import Exchange
 
 log = structlog.get_logger("gatekeeper.audit")
 
@@ -48,6 +51,7 @@ PUBLISH_TIMEOUT_S = 2.0
 ASYNC_QUEUE = 10_000
 ASYNC_WINDOW = 1024  # async mode: records published but not yet acknowledged
 DRAIN_BATCH = 256  # spooled records replayed per spool read, acknowledged together
+STORED_WAIT_S = 10.0  # async mode: how long ``finish(stored=True)`` waits for the ack
 
 
 def _msg_id(node_id: str, seq: int, digest: str) -> str:
@@ -61,12 +65,16 @@ def to_record(ex: Exchange, node_id: str, now: float) -> AuditRecord:
     prompt = usage.prompt_tokens if usage else 0
     completion = usage.completion_tokens if usage else 0
     cost = served.cost_usd(prompt, completion) if served is not None and usage else 0.0
+    resumed = ex.resumed if ex.resumed is not None and ex.resumed.continued else None
+    attempts = ex.attempts
+    if resumed is not None:  # mid-stream failover: each segment at its model's price
+        cost, attempts = resumed.cost_usd, (*attempts, *resumed.attempts())
     return AuditRecord(
         request_id=ex.request_id,
         ts=rfc3339_ms(now - (time.perf_counter() - ex.started)),
         node_id=node_id,
         tenant=claims.tenant if claims else "_unauthenticated",
-        key_id=claims.sub if claims else "",
+        key_id=claims.audit_key_id if claims else "",
         requested_model=ex.requested_model,
         served_model=served.name if served else "",
         provider=served.provider if served else "",
@@ -81,7 +89,27 @@ def to_record(ex: Exchange, node_id: str, now: float) -> AuditRecord:
         cost_usd=round(cost, 8),
         latency_ms=ex.elapsed_ms(),
         ttft_ms=ex.ttft_ms,
-        attempts=tuple(Attempt(a.provider, a.model, a.status, a.error, a.ms) for a in ex.attempts),
+        attempts=tuple(Attempt(a.provider, a.model, a.status, a.error, a.ms) for a in attempts),
+        usage_source=ex.usage_source or ("upstream" if usage else "none"),
+        client_api=ex.ingress,
+        upstream_wire=ex.upstream_wire,
+        continued=() if resumed is None else _continued(resumed.report()),
+        cache=ex.cache,
+    )
+
+
+def _continued(report: list[dict[str, Any]]) -> tuple[Continuation, ...]:
+    return tuple(
+        Continuation(
+            provider=s["provider"],
+            model=s["model"],
+            seam=s["seam"],
+            reason=s["reason"],
+            prompt_tokens=s.get("prompt_tokens", 0),
+            completion_tokens=s.get("completion_tokens", 0),
+            usage_source=s.get("usage_source", "none"),
+        )
+        for s in report
     )
 
 
@@ -92,10 +120,27 @@ class Sealed:
     subject: str
     data: bytes
     msg_id: str
+    seq: int = 0  # its place in the node's chain
+    hash: str = ""  # and its hash: with the node, the record's identity
     previous: asyncio.Future[None] | None = None  # the record sealed before (strict)
     done: asyncio.Future[None] | None = None  # this record's fate is settled (strict)
-    ack: asyncio.Future[None] | None = None
+    ack: asyncio.Future[int] | None = None
     generation: int = 0  # the connection it was sent on
+
+
+@dataclass(slots=True)
+class Queued:
+    """A record queued in async mode; ``fate`` (if someone waits for it) gets its stream
+    sequence once acknowledged, or None once spooled."""
+
+    subject: str
+    data: bytes
+    msg_id: str
+    fate: asyncio.Future[int | None] | None = None
+
+    def settle(self, seq: int | None) -> None:
+        if self.fate is not None and not self.fate.done():
+            self.fate.set_result(seq)
 
 
 class AuditPublisher:
@@ -115,7 +160,7 @@ class AuditPublisher:
         self.published = 0
         self.spooled = 0
         self._wake = asyncio.Event()
-        self._queue: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(ASYNC_QUEUE)
+        self._queue: asyncio.Queue[Queued] = asyncio.Queue(ASYNC_QUEUE)
         self._tasks: list[asyncio.Task[None]] = []
         self._respool: set[asyncio.Task[None]] = set()  # async mode: failed publishes
         self._stopping = False
@@ -142,12 +187,17 @@ class AuditPublisher:
         """Seal ``ex``'s record into the chain. In strict mode it is also published at
         once when nothing sealed earlier can still end up in the spool (the common
         case), so the caller can do other work while JetStream acknowledges it."""
-        record = to_record(ex, self.node_id, time.time())
+        return self.seal_record(to_record(ex, self.node_id, time.time()))
+
+    def seal_record(self, record: AuditRecord) -> Sealed:
+        """``seal`` for a record built elsewhere (a summary of failed-auth requests)."""
         sealed, data = self.chain.seal_wire(record)
         out = Sealed(
             audit_subject(record.tenant, self.node_id),
             data,
             _msg_id(self.node_id, sealed.seq, sealed.hash),
+            sealed.seq,
+            sealed.hash,
         )
         if not self.strict:
             return out
@@ -164,40 +214,62 @@ class AuditPublisher:
             out.ack = self.acks.send(out.subject, data, out.msg_id, PUBLISH_TIMEOUT_S, flush=alone)
         return out
 
-    async def finish(self, s: Sealed) -> None:
+    async def finish(self, s: Sealed, *, stored: bool = False) -> int | None:
         """Return once ``s`` is acknowledged by JetStream or in the spool (strict), or
-        queued (async)."""
+        queued (async; with ``stored``, once the sender has it acknowledged or spooled,
+        at most ``STORED_WAIT_S``). Returns the record's stream sequence in BH_AUDIT if
+        JetStream acknowledged it, else None (spooled, queued, or not known)."""
         if s.done is None:
-            try:
-                self._queue.put_nowait((s.subject, s.data, s.msg_id))
-            except asyncio.QueueFull:
-                await self._to_spool(s.data)
-            return
+            return await self._queue_async(s, stored)
         try:
             if s.ack is not None:
-                if await self._acked(s):
-                    return
+                seq = await self._acked(s)
+                if seq is not None:
+                    return seq or None
             else:
                 if self.nc.is_connected and (self.spool.depth or self._spooling or self._waiting):
                     await self._wait_for_drain(s.previous)
-                if self._may_publish() and await self._try_publish(s.subject, s.data, s.msg_id):
-                    return
+                if self._may_publish():
+                    seq = await self._try_publish(s.subject, s.data, s.msg_id)
+                    if seq is not None:
+                        return seq or None
             await self._spool_in_turn(s.previous, s.data)
+            return None
         finally:
             s.done.set_result(None)
+
+    async def _queue_async(self, s: Sealed, stored: bool) -> int | None:
+        fate: asyncio.Future[int | None] | None = None
+        if stored:
+            fate = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(Queued(s.subject, s.data, s.msg_id, fate))
+        except asyncio.QueueFull:
+            await self._to_spool(s.data)
+            return None
+        if fate is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STORED_WAIT_S):
+                return await asyncio.shield(fate)
+        return None
 
     async def commit(self, ex: Exchange) -> None:
         await self.finish(self.seal(ex))
 
-    async def _acked(self, s: Sealed) -> bool:
+    async def commit_record(self, record: AuditRecord) -> None:
+        await self.finish(self.seal_record(record))
+
+    async def _acked(self, s: Sealed) -> int | None:
+        """The acknowledged stream sequence (0: not named), None if the publish failed."""
         assert s.ack is not None
         try:
-            await s.ack
+            seq = await s.ack
             self.published += 1
-            return True
+            return seq
         except (NatsError, TimeoutError, OSError) as exc:
             log.warning("audit.publish_failed", msg_id=s.msg_id, error=type(exc).__name__)
-            return False
+            return None
         finally:
             self._in_flight_done(s.generation)
 
@@ -223,15 +295,15 @@ class AuditPublisher:
             and all(gen == generation for gen in self._in_flight)
         )
 
-    async def _try_publish(self, subject: str, data: bytes, msg_id: str) -> bool:
+    async def _try_publish(self, subject: str, data: bytes, msg_id: str) -> int | None:
+        """As ``_acked``, for a record published now."""
         generation = self.nc.stats["reconnects"]
         self._in_flight[generation] += 1
         try:
-            await self._publish(subject, data, msg_id)
-            return True
+            return await self._publish(subject, data, msg_id)
         except (NatsError, TimeoutError, OSError) as exc:
             log.warning("audit.publish_failed", msg_id=msg_id, error=type(exc).__name__)
-            return False
+            return None
         finally:
             self._in_flight_done(generation)
 
@@ -250,9 +322,10 @@ class AuditPublisher:
         finally:
             self._spooling -= 1
 
-    async def _publish(self, subject: str, data: bytes, msg_id: str) -> None:
-        await self.acks.publish(subject, data, msg_id, PUBLISH_TIMEOUT_S)
+    async def _publish(self, subject: str, data: bytes, msg_id: str) -> int:
+        seq = await self.acks.publish(subject, data, msg_id, PUBLISH_TIMEOUT_S)
         self.published += 1
+        return seq
 
     async def _to_spool(self, data: bytes) -> None:
         async with self._spool_lock:  # keeps spool order = seal order
@@ -265,27 +338,32 @@ class AuditPublisher:
         unacknowledged at once); a record whose publish fails goes to the spool."""
         window = asyncio.Semaphore(ASYNC_WINDOW)
         while True:
-            subject, data, msg_id = await self._queue.get()
+            q = await self._queue.get()
             if self.spool.depth or not self.nc.is_connected:
-                await self._to_spool(data)
+                await self._to_spool(q.data)
+                q.settle(None)
                 continue
             await window.acquire()
-            fut = self.acks.send(subject, data, msg_id, PUBLISH_TIMEOUT_S)
-            fut.add_done_callback(functools.partial(self._async_acked, window, data))
+            fut = self.acks.send(q.subject, q.data, q.msg_id, PUBLISH_TIMEOUT_S)
+            fut.add_done_callback(functools.partial(self._async_acked, window, q))
 
-    def _async_acked(
-        self, window: asyncio.Semaphore, data: bytes, fut: asyncio.Future[None]
-    ) -> None:
+    def _async_acked(self, window: asyncio.Semaphore, q: Queued, fut: asyncio.Future[int]) -> None:
         window.release()
         if not fut.cancelled() and fut.exception() is None:
             self.published += 1
+            q.settle(fut.result() or None)
             return
-        self._spool_later(data)
+        q.settle(None)
+        self._spool_later(q.data)
 
     def _spool_later(self, data: bytes) -> None:
+        if self._stopping and self.spool.is_open:  # stop() awaits nothing more: spool now
+            self.spool.append(data)
+            self.spooled += 1
+            return
         task = asyncio.ensure_future(self._to_spool(data))
-        self._tasks.append(task)
-        task.add_done_callback(self._tasks.remove)
+        self._respool.add(task)  # stop() waits for these before closing the spool
+        task.add_done_callback(self._respool.discard)
 
     async def _drain_forever(self) -> None:
         while True:
@@ -302,7 +380,7 @@ class AuditPublisher:
         """Replay up to ``DRAIN_BATCH`` spooled records in order; False if NATS failed.
 
         What was published is acknowledged once per batch, in a thread: ``ack_through``
-        fsyncs (milliseconds), and once per record on the event loop it capped the
+        fsyncs, and once per record on the event loop it capped the
         drain below the rate of a loaded node, so the spool never emptied. A crash
         before the ack replays the batch; ``Nats-Msg-Id`` drops those copies.
         """
@@ -333,18 +411,28 @@ class AuditPublisher:
             await asyncio.sleep(0.05)
 
     async def stop(self, wait_s: float = 10.0) -> None:
+        """Publish what is queued (bounded by ``wait_s``), then keep the rest on disk.
+
+        Order matters: the sender stops taking from the queue, the queue goes to the
+        spool, the publishes in flight get ``PUBLISH_TIMEOUT_S`` to be acknowledged,
+        and a failed one is spooled by its callback, all before the spool closes.
+        """
         await self.flush(wait_s)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._stopping = True
-        for respool in list(self._respool):
-            with contextlib.suppress(asyncio.CancelledError):
-                await respool
         while not self._queue.empty():  # whatever async mode still holds goes to disk
-            _, data, _ = self._queue.get_nowait()
-            self.spool.append(data)
-        await self.acks.stop()  # unacknowledged async publishes are spooled by their callback
-        await asyncio.sleep(0)  # let those callbacks run before the spool closes
+            q = self._queue.get_nowait()
+            self.spool.append(q.data)
+            self.spooled += 1
+            q.settle(None)
+        in_flight = set(self.acks.pending.values())
+        if in_flight:  # acks arrive, or time out and are spooled by their callback
+            await asyncio.wait(in_flight, timeout=PUBLISH_TIMEOUT_S)
+        await self.acks.stop()  # still unacknowledged: failed, so spooled by the callback
+        await asyncio.sleep(0)
+        while self._respool:
+            await asyncio.wait(set(self._respool))
         self.spool.close()

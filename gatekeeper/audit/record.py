@@ -25,11 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ANONYMOUS_TENANT",
     "CHAIN_FIELDS",
     "MAX_TEXT",
     "SCHEMA_VERSION",
+    "AnonymousCount",
     "Attempt",
     "AuditRecord",
+    "Continuation",
     "SealedRecord",
     "rfc3339_ms",
 ]
@@ -37,6 +40,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 MAX_TEXT = 256
 CHAIN_FIELDS = ("seq", "prev", "sig_kid", "hash", "sig")
+ANONYMOUS_TENANT = "_anonymous"  # the tenant of a summary of failed-auth requests
+USAGE_SOURCES = ("upstream", "counted", "reserved", "cache", "none")
 
 _STR_FIELDS = (
     "request_id",
@@ -169,6 +174,77 @@ class Attempt:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Continuation:
+    """One upstream stream's share of a continued answer (mid-stream failover).
+
+    ``seam``: answer characters the client had when it began (0 for the first);
+    ``reason``: the error code that ended the one before ("" for the first); the
+    tokens and ``usage_source`` are what this segment was charged.
+    """
+
+    provider: str
+    model: str
+    seam: int
+    reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    usage_source: str
+
+    def __post_init__(self) -> None:
+        if not _clean((self.provider, self.model, self.reason, self.usage_source), ()):
+            _tidy(self, ("provider", "model", "reason", "usage_source"), ())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "seam": self.seam,
+            "reason": self.reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "usage_source": self.usage_source,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Continuation:
+        if set(data) != set(cls.__dataclass_fields__):
+            raise ValueError(f"audit continuation has fields {sorted(data)}")
+        texts = ("provider", "model", "reason", "usage_source")
+        return cls(
+            **{name: _take(data, name, (str,), False) for name in texts},
+            seam=_take(data, "seam", (int,), False),
+            prompt_tokens=_take(data, "prompt_tokens", (int,), False),
+            completion_tokens=_take(data, "completion_tokens", (int,), False),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AnonymousCount:
+    """How many requests from one client failed authentication for one reason."""
+
+    client: str  # the client's IP address as the gateway saw it, or "_other"
+    reason: str  # the error code the client got (e.g. "invalid_token")
+    count: int
+
+    def __post_init__(self) -> None:
+        if not _clean((self.client, self.reason), ()):
+            _tidy(self, ("client", "reason"), ())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"client": self.client, "reason": self.reason, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AnonymousCount:
+        if set(data) != {"client", "reason", "count"}:
+            raise ValueError(f"audit anonymous count has fields {sorted(data)}")
+        return cls(
+            client=_take(data, "client", (str,), False),
+            reason=_take(data, "reason", (str,), False),
+            count=_take(data, "count", (int,), False),
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditRecord:
     """What happened to one request; no chain fields yet (see ``SealedRecord``)."""
@@ -194,6 +270,12 @@ class AuditRecord:
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     attempts: tuple[Attempt, ...] = ()
+    usage_source: str = "none"  # where the token counts came from: upstream|counted|reserved|none
+    anonymous: tuple[AnonymousCount, ...] = ()  # only in a summary of failed-auth requests
+    client_api: str = "chat"  # the ingress: chat | responses | messages (sorts before "hash")
+    upstream_wire: str = ""  # the serving provider's wire: openai | anthropic | demo ("" none)
+    continued: tuple[Continuation, ...] = ()  # a stream finished by several upstreams, in order
+    cache: str = ""  # HIT | MISS | COALESCED | BYPASS; "" (absent on the wire): cache off
 
     def __post_init__(self) -> None:
         texts: tuple[str | None, ...] = (
@@ -214,7 +296,7 @@ class AuditRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The record's fields as JSON-ready values (wire names, no chain fields)."""
-        return {
+        data = {
             "v": self.v,
             "request_id": self.request_id,
             "ts": self.ts,
@@ -236,11 +318,25 @@ class AuditRecord:
             "latency_ms": self.latency_ms,
             "ttft_ms": self.ttft_ms,
             "attempts": [attempt.to_dict() for attempt in self.attempts],
+            "usage_source": self.usage_source,
+            "client_api": self.client_api,
+            "upstream_wire": self.upstream_wire,
         }
+        if self.cache:  # only with the result cache on (docs/capacity.md)
+            data["cache"] = self.cache
+        if self.anonymous:  # only a summary of failed-auth requests has it
+            data["anonymous"] = [count.to_dict() for count in self.anonymous]
+        if self.continued:  # only a stream continued after a cut has it
+            data["continued"] = [seg.to_dict() for seg in self.continued]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AuditRecord:
-        """Parse a schema-v1 record; unknown or missing fields raise ``ValueError``."""
+        """Parse a schema-v1 record; unknown or missing fields raise ``ValueError``.
+
+        ``usage_source``, ``anonymous``, ``client_api``, ``upstream_wire`` and
+        ``continued`` came later: a record without them is older.
+        """
         if data.get("v") != SCHEMA_VERSION:
             raise ValueError(f"unsupported audit record version {data.get('v')!r}")
         unknown = set(data) - set(cls.__dataclass_fields__)
@@ -254,10 +350,22 @@ class AuditRecord:
         fields.update(
             {name: _take(data, name, (int, float), name == "ttft_ms") for name in _FLOAT_FIELDS}
         )
+        for later in (
+            "usage_source",
+            "client_api",
+            "upstream_wire",
+            "cache",
+        ):  # absent: an older record
+            if later in data:
+                fields[later] = _take(data, later, (str,), False)
+        anonymous = _take(data, "anonymous", (list, tuple), False) if "anonymous" in data else ()
+        continued = _take(data, "continued", (list, tuple), False) if "continued" in data else ()
         return cls(
             **fields,
             stream=_take(data, "stream", (bool,), False),
             attempts=tuple(Attempt.from_dict(_as_mapping(item)) for item in attempts),
+            anonymous=tuple(AnonymousCount.from_dict(_as_mapping(item)) for item in anonymous),
+            continued=tuple(Continuation.from_dict(_as_mapping(item)) for item in continued),
         )
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from gatekeeper.audit.files import fsync_dir
+from gatekeeper.files import fsync_dir
 
 __all__ = ["MAX_RECORD_BYTES", "AuditSpool", "SpoolError"]
 
@@ -187,6 +187,10 @@ class AuditSpool:
     def depth(self) -> int:
         """How many records are spooled and not yet acknowledged."""
         return self._depth
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd >= 0
 
     @property
     def acked(self) -> int:

@@ -18,14 +18,23 @@ Issue kinds:
                        and may repeat; two records of one id are two requests)
 * ``out_of_order``     a seq lower than one already seen from the same node
 
-A chain's beginning and end are not evidence by themselves: an export may start
-mid-chain (pass ``require_genesis=True`` to insist on seq 1), and records cut off
-the very end of a node's chain leave no trace until that node's next record.
+With ``require_genesis=True`` (what ``gatekeeper audit verify`` does) and the nodes'
+signed checkpoints (``gatekeeper.audit.checkpoint``), the ends are evidence too —
+see ``gatekeeper.audit.trail``: ``cut_head``, ``cut_tail``, ``missing_node``,
+``checkpoint_mismatch``, ``bad_checkpoint``, ``shrunk_stream``, ``stream_config``.
+Without them a chain's beginning and end prove nothing: records cut off the very
+end of a node's chain leave no trace until that node's next record.
+
+Keys: a mapping node -> 32-byte public key, or a key history (``key_at(node, t)``,
+e.g. ``gatekeeper.control.registry.NodeKeyRegistry``): each record is checked
+with the key the node had at the record's ``ts``, so a legitimate key change
+keeps the genuine trail valid and a key registered later cannot vouch for older
+records. A record whose hash or signature fails is reported and does not take the
+place of a genuine record of the same seq (a forged record injected on the bus).
 """
 
 from __future__ import annotations
 
-import binascii
 import itertools
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -33,16 +42,29 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
 
 from gatekeeper.audit.chain import GENESIS, record_hash
-from gatekeeper.auth.paserk import pid
-from gatekeeper.auth.paseto import MalformedToken, b64decode
+from gatekeeper.audit.checkpoint import Checkpoint, checkpoint_problem
+from gatekeeper.audit.keys import (
+    KeyHistory,
+    StaticKeys,
+    node_key,
+    record_epoch,
+    signature_problem,
+)
+from gatekeeper.audit.trail import (
+    Finding,
+    NodeChain,
+    StreamFacts,
+    missing_nodes,
+    node_trail_issues,
+    stream_issues,
+)
 
 __all__ = [
     "Issue",
     "IssueKind",
+    "KeyHistory",
     "NodeSummary",
     "UnreadableLine",
     "VerifyReport",
@@ -59,6 +81,13 @@ IssueKind = Literal[
     "gap",
     "duplicate",
     "out_of_order",
+    "cut_head",
+    "cut_tail",
+    "missing_node",
+    "checkpoint_mismatch",
+    "bad_checkpoint",
+    "shrunk_stream",
+    "stream_config",
 ]
 
 
@@ -177,49 +206,26 @@ def _link_of(item: Mapping[str, Any]) -> _Link | str:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _NodeKey:
-    kid: str
-    verify_key: VerifyKey
-
-    @classmethod
-    def of(cls, node_id: str, public_key: bytes) -> _NodeKey:
-        if len(public_key) != 32:
-            raise ValueError(f"public key of node {node_id!r} must be 32 raw bytes")
-        return cls(pid(public_key), VerifyKey(public_key))
-
-
-def _signature_problem(link: _Link, key: _NodeKey) -> str | None:
-    if link.sig_kid != key.kid:
-        return f"signed with key {link.sig_kid}, but the node's key is {key.kid}"
-    try:
-        key.verify_key.verify(bytes.fromhex(link.hash), b64decode(link.sig))
-    except (BadSignatureError, MalformedToken, ValueError, binascii.Error):
-        return "signature does not verify with the node's key"
-    return None
-
-
 def _missing(first: int, last: int) -> str:
     return f"missing seq {first}" if first == last else f"missing seq {first}..{last}"
 
 
 class _NodeLedger:
-    """What one node's records said, in arrival order (first copy of each seq)."""
+    """What one node's records said, in arrival order (first genuine copy of each seq)."""
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
         self.links: dict[int, tuple[_Link, int]] = {}
+        self.forged: set[int] = set()  # seqs held only by records that failed their check
         self.highest = 0
         self.unsigned = 0
 
     def issue(self, kind: IssueKind, detail: str, link: _Link, position: int) -> Issue:
         return Issue(kind, detail, self.node_id, link.seq, link.request_id, position)
 
-    def chain_issues(self, require_genesis: bool) -> Iterator[Issue]:
+    def chain_issues(self) -> Iterator[Issue]:
         """Broken links and gaps, in seq order."""
         seqs = sorted(self.links)
-        if require_genesis and seqs[0] > 1:
-            yield Issue("gap", _missing(1, seqs[0] - 1), self.node_id, 1)
         for before, seq in itertools.pairwise(seqs):
             if seq > before + 1:
                 yield Issue("gap", _missing(before + 1, seq - 1), self.node_id, before + 1)
@@ -234,17 +240,21 @@ class _NodeLedger:
         found = self.links.get(seq)
         return found[0].hash if found else None
 
+    def chain(self) -> NodeChain:
+        return NodeChain(
+            self.node_id, {seq: (link.hash, link.prev) for seq, (link, _) in self.links.items()}
+        )
+
     def summary(self) -> NodeSummary:
         seqs = self.links.keys()
         return NodeSummary(self.node_id, len(seqs), min(seqs), max(seqs))
 
 
 class _Verifier:
-    def __init__(self, public_keys: Mapping[str, bytes], check_order: bool) -> None:
-        self.keys = {node: _NodeKey.of(node, key) for node, key in public_keys.items()}
+    def __init__(self, keys: Mapping[str, bytes] | KeyHistory, check_order: bool) -> None:
+        self.keys: KeyHistory = StaticKeys(keys) if isinstance(keys, Mapping) else keys
         self.check_order = check_order
         self.ledgers: dict[str, _NodeLedger] = {}
-        self.requests: dict[str, tuple[str, int]] = {}
         self.issues: list[Issue] = []
         self.count = 0
 
@@ -263,70 +273,131 @@ class _Verifier:
             self.issues.append(Issue("malformed", link, node_id=node_id, position=position))
             return
         ledger = self.ledgers.setdefault(node_id, _NodeLedger(node_id))
-        self._check_content(ledger, item, link, position)
-        self._check_order(ledger, link, position)
+        genuine = self._check_content(ledger, item, link, position)
+        self._check_order(ledger, link, position, genuine)
 
     def _check_content(
         self, ledger: _NodeLedger, item: Mapping[str, Any], link: _Link, position: int
-    ) -> None:
+    ) -> bool:
         try:
             actual = record_hash(item)
         except (TypeError, ValueError) as exc:  # not JSON-encodable, lone surrogates, NaN
             self.issues.append(
                 ledger.issue("malformed", f"cannot be encoded: {exc}", link, position)
             )
-            return
+            return False
         if actual != link.hash:
             detail = "content does not match its hash (record altered)"
             self.issues.append(ledger.issue("bad_hash", detail, link, position))
-            return
-        key = self.keys.get(ledger.node_id)
-        if key is None:
+            return False
+        when = record_epoch(item.get("ts"))
+        verify_key = self.keys.key_at(ledger.node_id, when) if when is not None else None
+        if verify_key is None:
             ledger.unsigned += 1
-            return
-        problem = _signature_problem(link, key)
+            return True
+        problem = signature_problem(link.hash, link.sig, link.sig_kid, node_key(bytes(verify_key)))
         if problem is not None:
             self.issues.append(ledger.issue("bad_signature", problem, link, position))
+            return False
+        return True
 
-    def _check_order(self, ledger: _NodeLedger, link: _Link, position: int) -> None:
+    def _check_order(self, ledger: _NodeLedger, link: _Link, position: int, genuine: bool) -> None:
         seen = ledger.links.get(link.seq)
-        if seen is not None:
-            same = "an identical copy" if seen[0].hash == link.hash else "different content (fork)"
-            detail = f"seq already seen at record #{seen[1]}, {same}"
-            self.issues.append(ledger.issue("duplicate", detail, link, position))
+        if seen is not None and link.seq in ledger.forged and genuine:
+            ledger.forged.discard(link.seq)  # the genuine record takes the forged one's place
+        elif seen is not None:
+            if genuine:
+                same = (
+                    "an identical copy" if seen[0].hash == link.hash else "different content (fork)"
+                )
+                detail = f"seq already seen at record #{seen[1]}, {same}"
+                self.issues.append(ledger.issue("duplicate", detail, link, position))
             return
+        elif not genuine:
+            ledger.forged.add(link.seq)
         if link.seq < ledger.highest and self.check_order:
             detail = f"arrived after seq {ledger.highest}"
             self.issues.append(ledger.issue("out_of_order", detail, link, position))
         ledger.highest = max(ledger.highest, link.seq)
         ledger.links[link.seq] = (link, position)
 
-    def finish(self, require_genesis: bool) -> VerifyReport:
+    def _checkpoints(
+        self, checkpoints: Iterable[Checkpoint | str]
+    ) -> tuple[dict[str, list[Checkpoint]], list[Issue]]:
+        """The checkpoints whose signature verifies, by node; the others as issues."""
+        good: dict[str, list[Checkpoint]] = {}
+        bad: list[Issue] = []
+        for cp in checkpoints:
+            if isinstance(cp, str):
+                bad.append(Issue("bad_checkpoint", cp))
+                continue
+            problem = checkpoint_problem(cp, self.keys.key_at(cp.node, cp.ts))
+            if problem is not None:
+                bad.append(Issue("bad_checkpoint", f"seq {cp.seq}: {problem}", cp.node))
+            else:
+                good.setdefault(cp.node, []).append(cp)
+        return good, bad
+
+    def finish(self, options: _Options) -> VerifyReport:
         issues = list(self.issues)
+        checkpoints, bad = self._checkpoints(options.checkpoints)
+        issues.extend(bad)
+        for facts in options.streams:
+            issues.extend(_from(f) for f in stream_issues(facts))
         for node_id in sorted(self.ledgers):
             ledger = self.ledgers[node_id]
             if ledger.unsigned:
                 detail = f"no public key given; {ledger.unsigned} signature(s) not checked"
                 issues.append(Issue("unknown_node_key", detail, node_id))
-            issues.extend(ledger.chain_issues(require_genesis))
+            issues.extend(ledger.chain_issues())
+            found = node_trail_issues(
+                ledger.chain(),
+                checkpoints.get(node_id, []),
+                require_genesis=options.require_genesis,
+                from_checkpoint=options.from_checkpoint,
+            )
+            issues.extend(_from(f) for f in found)
+        issues.extend(_from(f) for f in missing_nodes(self.ledgers, checkpoints))
         nodes = tuple(self.ledgers[node_id].summary() for node_id in sorted(self.ledgers))
         return VerifyReport(self.count, nodes, tuple(issues))
 
 
+def _from(finding: Finding) -> Issue:
+    return Issue(finding.kind, finding.detail, finding.node_id, finding.seq)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    require_genesis: bool
+    from_checkpoint: bool
+    checkpoints: Iterable[Checkpoint | str]
+    streams: Iterable[StreamFacts]
+
+
 def verify_records(
     records: Iterable[Mapping[str, Any] | UnreadableLine],
-    public_keys: Mapping[str, bytes],
+    public_keys: Mapping[str, bytes] | KeyHistory,
     *,
     require_genesis: bool = False,
     check_order: bool = True,
+    checkpoints: Iterable[Checkpoint | str] = (),
+    from_checkpoint: bool = False,
+    streams: Iterable[StreamFacts] = (),
 ) -> VerifyReport:
-    """Verify records in stream order against each node's 32-byte Ed25519 public key.
+    """Verify records in stream order against each node's Ed25519 public key(s).
 
-    A key that is not 32 bytes raises ``ValueError``; nothing in ``records`` does.
-    ``check_order=False`` skips ``out_of_order``: seq and prev already prove each
-    node's order, so a stream that is allowed to reorder can still be verified.
+    ``public_keys``: node -> 32-byte key, or a ``KeyHistory`` (the key at each record's
+    ``ts``). A mapped key that is not 32 bytes raises ``ValueError``; nothing in
+    ``records`` does. ``check_order=False`` skips ``out_of_order``: seq and prev
+    already prove each node's order, so a stream allowed to reorder can be verified.
+    ``require_genesis`` insists on each node's seq 1 (``cut_head``), unless
+    ``from_checkpoint`` and a checkpoint anchors the first record present.
+    ``checkpoints`` (parsed ones, or reasons a line was not one) are checked against
+    each node's chain; ``streams`` are the live streams' state and config problems.
     """
     verifier = _Verifier(public_keys, check_order)
     for position, item in enumerate(records, start=1):
         verifier.feed(position, item)
-    return verifier.finish(require_genesis)
+    return verifier.finish(
+        _Options(require_genesis, from_checkpoint, tuple(checkpoints), tuple(streams))
+    )

@@ -7,6 +7,7 @@ with no network call.
 * ``paserk``   — ``k4.public`` / ``k4.secret`` text and the ``k4.pid`` key id
 * ``claims``   — what a token says (``Claims``), the footer and implicit assertion
 * ``verifier`` — ``TokenVerifier``: Authorization header -> ``Claims`` or ``AuthError``
+* ``shield``   — per-client-IP limits applied before a token is looked at
 * ``keyfiles`` — the issuer's key files and ``mint``
 * ``cli``      — ``gatekeeper keys init|mint|inspect``
 """

@@ -4,9 +4,12 @@
         Write DIR/issuer.key (k4.secret, mode 0600) and DIR/issuer.pub (k4.public);
         print the key id and the public key.
     keys mint --issuer-key PATH --tenant T [--budget-tokens N] [--budget-usd X]
-              [--budget-period day|month|total] [--rpm N] [--tpm N]
+              [--budget-period day|month|total] [--budget-mode gossip|strict]
+              [--rpm N] [--tpm N]
               [--routing-mode cost|latency|capability] [--quality-threshold Q]
-              [--models a,b*] [--ttl 30d]
+              [--models a,b*] [--ttl 30d] [--no-routing-override]
+              [--max-concurrent N] [--max-streams N]
+              [--tenant-max-concurrent N] [--tenant-max-streams N]
         Print ONLY the new token on stdout (so ``$(gatekeeper keys mint …)`` works).
     keys inspect TOKEN [--public-key k4.public.… | --issuer-pub PATH]
         Verify TOKEN exactly as a gateway would (signature, implicit assertion,
@@ -24,10 +27,11 @@ import argparse
 import os
 import sys
 from datetime import timedelta
+from typing import Literal, cast
 
 import orjson
 
-from gatekeeper.auth.claims import PERIODS, ROUTING_MODES
+from gatekeeper.auth.claims import PERIODS, ROUTING_MODES, Concurrency, Passes
 from gatekeeper.auth.keyfiles import (
     PUBLIC_KEY_FILE,
     SECRET_KEY_FILE,
@@ -82,12 +86,21 @@ def _cmd_mint(args: argparse.Namespace) -> int:
             budget_tokens=args.budget_tokens,
             budget_usd=args.budget_usd,
             budget_period=args.budget_period,
+            budget_mode=args.budget_mode,
             rpm=args.rpm,
             tpm=args.tpm,
             routing_mode=args.routing_mode,
             quality_threshold=args.quality_threshold,
             models=args.models,
             ttl=args.ttl,
+            allow_routing_override=not args.no_routing_override,
+            concurrency=Concurrency(
+                args.max_concurrent,
+                args.max_streams,
+                args.tenant_max_concurrent,
+                args.tenant_max_streams,
+            ),
+            passes=args.passes,
         )
     except ValueError as exc:
         return _fail(str(exc))
@@ -130,13 +143,37 @@ def _add_mint(keys: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--budget-tokens", type=int, metavar="N")
     p.add_argument("--budget-usd", type=float, metavar="X")
     p.add_argument("--budget-period", choices=PERIODS, default="month")
+    p.add_argument(
+        "--budget-mode",
+        choices=("gossip", "strict"),
+        help="strict: never overspend across nodes (escrowed shares; docs/budget.md)",
+    )
     p.add_argument("--rpm", type=int, metavar="N", help="requests per minute")
     p.add_argument("--tpm", type=int, metavar="N", help="tokens per minute")
     p.add_argument("--routing-mode", choices=ROUTING_MODES)
     p.add_argument("--quality-threshold", type=float, metavar="Q", help="0..1")
     p.add_argument("--models", type=_models_arg, metavar="a,b*", help="allowed models")
     p.add_argument("--ttl", type=_ttl_arg, default=parse_ttl("30d"), help="e.g. 30d, 12h")
+    p.add_argument(
+        "--no-routing-override",
+        action="store_true",
+        help="refuse an X-Routing-Mode header that asks for another mode",
+    )
+    p.add_argument("--max-concurrent", type=int, metavar="N", help="requests in flight")
+    p.add_argument("--max-streams", type=int, metavar="N", help="streams in flight")
+    p.add_argument("--tenant-max-concurrent", type=int, metavar="N")
+    p.add_argument("--tenant-max-streams", type=int, metavar="N")
+    p.add_argument(
+        "--passes", type=_passes_arg, metavar="N/hour", help="Privacy Passes per minute|hour|day"
+    )
     p.set_defaults(func=_cmd_mint)
+
+
+def _passes_arg(text: str) -> Passes:
+    count, _, per = text.partition("/")
+    if not count.isdigit() or (per or "hour") not in ("minute", "hour", "day"):
+        raise argparse.ArgumentTypeError("use N/minute, N/hour or N/day, e.g. 600/hour")
+    return Passes(cast(Literal["minute", "hour", "day"], per or "hour"), int(count))
 
 
 def add_keys_parser(

@@ -26,7 +26,10 @@ from gatekeeper.auth import paseto
 from gatekeeper.auth.claims import (
     IMPLICIT_ASSERTION,
     Budget,
+    CacheClaim,
     Claims,
+    Concurrency,
+    Passes,
     Period,
     Routing,
     encode_footer,
@@ -143,9 +146,16 @@ def mint(
     quality_threshold: float | None = None,
     models: Sequence[str] | None = None,
     ttl: timedelta = timedelta(days=30),
+    budget_mode: str | None = None,
     now: datetime | None = None,
     *,
     issuer: str = DEFAULT_ISSUER,
+    allow_routing_override: bool = True,
+    concurrency: Concurrency | None = None,
+    passes: Passes | None = None,
+    stream_continuation: bool | None = None,
+    cache: CacheClaim | None = None,
+    priority: str | None = None,
 ) -> str:
     """Mint an API token for ``tenant``; raises ClaimsError for an invalid limit."""
     if now is not None and now.tzinfo is None:
@@ -154,7 +164,9 @@ def mint(
         raise ValueError("mint: 'ttl' must be positive")
     issued = (now if now is not None else datetime.now(UTC)).replace(microsecond=0)
     has_budget = budget_tokens is not None or budget_usd is not None
-    has_routing = routing_mode is not None or quality_threshold is not None
+    has_routing = (
+        routing_mode is not None or quality_threshold is not None or not allow_routing_override
+    )
     claims = Claims(
         iss=issuer,
         sub=new_key_id(),
@@ -163,11 +175,20 @@ def mint(
         nbf=issued,
         exp=issued + ttl,
         tenant=tenant,
-        budget=Budget(budget_tokens, budget_usd, budget_period) if has_budget else None,
+        budget=Budget(budget_tokens, budget_usd, budget_period, budget_mode)
+        if has_budget
+        else None,
         rpm=rpm,
         tpm=tpm,
-        routing=Routing(routing_mode, quality_threshold) if has_routing else None,
+        routing=Routing(routing_mode, quality_threshold, allow_routing_override)
+        if has_routing
+        else None,
         models=tuple(models) if models is not None else None,
+        concurrency=concurrency if concurrency and concurrency.to_dict() else None,
+        passes=passes,
+        stream_continuation=stream_continuation,
+        cache=cache,
+        priority=priority,
     )
     payload = claims.to_json()
     parse_claims(payload)  # one validation path: refuse to sign what no gateway accepts

@@ -24,6 +24,7 @@ _DESCRIBE = {
     "tpm": "tokens per min (TPM)",
     "tok": "token budget",
     "usd": "spend budget (micro-USD)",
+    "pass": "Privacy Passes issued",
 }
 
 
@@ -147,7 +148,10 @@ def ratelimit_headers(
     if limit_tokens is not None:
         headers["x-ratelimit-limit-tokens"] = str(limit_tokens)
         headers["x-ratelimit-remaining-tokens"] = str(max(0, remaining_tokens))
-        headers["x-ratelimit-reset-tokens"] = format_reset(reset_tokens)
+        same = limit_requests is not None and reset_tokens == reset_requests  # one window
+        headers["x-ratelimit-reset-tokens"] = (
+            headers["x-ratelimit-reset-requests"] if same else format_reset(reset_tokens)
+        )
     return headers
 
 

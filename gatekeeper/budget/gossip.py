@@ -3,14 +3,19 @@
     node A ledger ──own slot──▶ KV  tok.key_1.d20261122.A  ──watch──▶ node B, C ledgers
     node B ledger ──own slot──▶ KV  tok.key_1.d20261122.B  ──watch──▶ node A, C ledgers
 
-* Key ``{counter_id}.{node_id}``, value ``PNSlot`` bytes; only the owner writes it.
+* Key ``{counter_id}.{node_id}``, value ``PNSlot`` bytes signed by the owner's node
+  key (``gatekeeper.control.slots``); only the owner writes it. A slot from an
+  unregistered node, for another node's id, badly signed, with ``n > p`` or absurd,
+  or going back on an accepted one is refused, counted and reported (rate-limited).
+  One from a node not registered *yet* waits (bounded) until its registration arrives.
 * After a reserve or settle the changed own slots are published within
   ``FAST_FLUSH_S`` (core publish to the bucket's subject, no round trip; changes in
   that window are coalesced, one message per changed slot). Every ``interval`` the
   slots not yet acknowledged are put again with an acked ``put`` (this is what
   survives outages).
 * At start a node loads its own slots before it admits traffic (no budget
-  resurrection after SIGKILL), and the watcher merges every other node's slots.
+  resurrection after SIGKILL), verified like any other (a forged own slot is not
+  loaded), and the watcher merges every other node's slots.
 * NATS unreachable: the ledger keeps enforcing with its last merged view plus its
   own increments; unacked slots are re-put when NATS returns and peers converge.
   After a reconnect the watcher is replaced at once: a restarted server has lost
@@ -27,19 +32,26 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
+from nacl.signing import SigningKey
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.kv import KeyValue
 
 from gatekeeper.budget.ledger import BudgetLedger
+from gatekeeper.bus.kv_snapshot import kv_snapshot
 from gatekeeper.bus.outbox import Outbox
+from gatekeeper.bus.putback import PutBack
 from gatekeeper.bus.streams import BUDGET_BUCKET
-from internal.crdt import PNSlot
+from gatekeeper.control.envelope import ControlValueRejected
+from gatekeeper.control.reporting import Rejections
+from gatekeeper.control.slots import SlotVerifier, sign_slot
+from gatekeeper.internal.crdt import PNSlot
 
 log = structlog.get_logger("gatekeeper.gossip")
 
 GC_EVERY_S = 60.0
 FAST_FLUSH_S = 0.02  # adds at most this to the gossip delay d; coalesces busy slots
+MAX_PENDING = 10_000  # slots of not-yet-registered nodes kept for their registration
 
 
 def split_key(key: str) -> tuple[str, str] | None:
@@ -58,10 +70,20 @@ class Gossip:
         kv: KeyValue,
         ledger: BudgetLedger,
         *,
+        signing_key: SigningKey,
+        verifier: SlotVerifier,
+        rejections: Rejections | None = None,
         interval_s: float = 0.2,
     ) -> None:
         self.nc, self.kv, self.ledger, self.outbox = nc, kv, ledger, outbox
         self.node_id = ledger.node_id
+        self.signing_key = signing_key
+        self.verifier = verifier
+        self.rejections = rejections or Rejections()
+        self.pending: dict[str, bytes] = {}  # kv key → value from a node not registered yet
+        self.good: dict[str, bytes] = {}  # kv key → the latest value accepted under it
+        self._putback = PutBack(self._put_good)
+        self._signed: dict[str, tuple[PNSlot, bytes]] = {}  # cid → latest own signed value
         self.interval_s = interval_s
         self.unacked: dict[str, PNSlot] = {}
         self.on_dropped: Callable[[list[str]], None] = lambda _: None
@@ -75,17 +97,15 @@ class Gossip:
     async def load_own(self) -> int:
         """Load this node's slots from the bucket; returns how many."""
         loaded = 0
-        watcher = await self.kv.watch(f"*.*.*.{self.node_id}", ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                parsed = split_key(entry.key)
-                if parsed and entry.value:
-                    self.ledger.load_own(parsed[0], PNSlot.from_bytes(entry.value))
+        for entry in await kv_snapshot(self.kv, f"*.*.*.{self.node_id}"):
+            parsed = split_key(entry.key)
+            if parsed and entry.value:
+                slot = self._accept(entry.key, parsed[0], parsed[1], entry.value, own=True)
+                if slot is not None:
+                    self.ledger.load_own(parsed[0], slot)
                     loaded += 1
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+                    if self.signed(parsed[0], slot) != entry.value:  # an older node key's
+                        self.unacked[parsed[0]] = slot  # re-signed with the current one
         return loaded
 
     async def start(self) -> None:
@@ -120,14 +140,25 @@ class Gossip:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(FAST_FLUSH_S, self._fast_flush)
 
+    def signed(self, cid: str, slot: PNSlot) -> bytes:
+        """This node's signed value for ``slot`` (signed once per distinct slot)."""
+        held = self._signed.get(cid)
+        if held is not None and held[0] == slot:
+            return held[1]
+        kv_key = f"{cid}.{self.node_id}"
+        value = sign_slot(self.signing_key, kv_key, slot)
+        self._signed[cid] = (slot, value)
+        self.verifier.remember(kv_key, value, slot)  # its echo is not verified again
+        return value
+
     def _fast_flush(self) -> None:
         self._flush_scheduled = False
         for cid, slot in self._collect():
-            self.outbox.put(f"$KV.{BUDGET_BUCKET}.{cid}.{self.node_id}", slot.to_bytes())
+            self.outbox.put(f"$KV.{BUDGET_BUCKET}.{cid}.{self.node_id}", self.signed(cid, slot))
 
     async def _put_unacked(self) -> None:
         for cid, slot in list(self.unacked.items()):
-            await self.kv.put(f"{cid}.{self.node_id}", slot.to_bytes())
+            await self.kv.put(f"{cid}.{self.node_id}", self.signed(cid, slot))
             if self.unacked.get(cid) == slot:
                 del self.unacked[cid]
 
@@ -152,6 +183,14 @@ class Gossip:
         dropped = self.ledger.gc(datetime.now(UTC))
         for cid in dropped:
             self.unacked.pop(cid, None)
+            self._signed.pop(cid, None)
+            self.verifier.forget(cid)
+        if dropped:
+            gone = set(dropped)
+            keys = [k for k in self.good if k.rpartition(".")[0] in gone]
+            for key in keys:
+                del self.good[key]
+            self._putback.forget(keys)
             if self.nc.is_connected:
                 with contextlib.suppress(NatsError, TimeoutError, OSError):
                     await self.kv.delete(f"{cid}.{self.node_id}")
@@ -190,13 +229,51 @@ class Gossip:
     def _merge(self, key: str, value: bytes) -> None:
         parsed = split_key(key)
         if parsed is None:
+            self.rejections.reject("slot", key, "bad_key")
             return
         cid, node = parsed
-        try:
-            slot = PNSlot.from_bytes(value)
-        except ValueError:
+        slot = self._accept(key, cid, node, value)
+        if slot is None:
             return
         if node == self.node_id:
             self.ledger.load_own(cid, slot)
         else:
             self.ledger.merge_remote(cid, node, slot)
+
+    def _accept(
+        self, key: str, cid: str, node: str, value: bytes, *, own: bool = False
+    ) -> PNSlot | None:
+        """The verified slot, or None (refused and reported, or parked until registered)."""
+        try:
+            slot = self.verifier.check(key, cid, node, value, any_key=own)
+        except ControlValueRejected as exc:
+            self._put_back(key)
+            if exc.reason == "regression":  # an older genuine value (re-put, replay): no effect
+                log.debug("gossip.slot_regression", key=key)
+                self.rejections.count("slot", exc.reason)
+                return None
+            if exc.reason == "unknown_node" and len(self.pending) < MAX_PENDING:
+                self.pending[key] = value  # its registration may still be on its way
+            self.rejections.reject("slot", key, exc.reason, exc.detail)
+            return None
+        self.good[key] = value
+        return slot
+
+    def _put_back(self, key: str) -> None:
+        """A refused value now sits in the bucket (history 1) over a genuine one: publish
+        the genuine one again, so a node starting later reads it (rate-limited per key)."""
+        if key in self.good:
+            self._putback(key)
+
+    def _put_good(self, key: str) -> None:
+        value = self.good.get(key)
+        if value is not None:
+            self.outbox.put(f"$KV.{BUDGET_BUCKET}.{key}", value)
+
+    def node_registered(self, node: str) -> None:
+        """A node's key was registered or rotated: retry what it sent before."""
+        self.verifier.forget_keys()
+        suffix = f".{node}"
+        for key in [k for k in self.pending if k.endswith(suffix)]:
+            value = self.pending.pop(key)
+            self._merge(key, value)

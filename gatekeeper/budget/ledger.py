@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from gatekeeper.budget.decide import Denial, denial_error, fits
 from gatekeeper.budget.windows import is_node_id, parse_counter_id, window_end
-from internal.crdt import PNCounter, PNSlot
+from gatekeeper.internal.crdt import PNCounter, PNSlot
 
 DEFAULT_GRACE = timedelta(minutes=10)
 """How long after its window ends a counter is kept, for late settles and gossip."""
@@ -46,7 +46,17 @@ class Reservation:
 class BudgetLedger:
     """In-memory counters of one node: its own slots exactly, peers' as gossiped."""
 
-    __slots__ = ("_counters", "_dirty", "_ends", "_held", "_horizon", "_ids", "_node", "_open")
+    __slots__ = (
+        "_counters",
+        "_dirty",
+        "_ends",
+        "_held",
+        "_horizon",
+        "_ids",
+        "_limits",
+        "_node",
+        "_open",
+    )
 
     def __init__(self, node_id: str) -> None:
         if not is_node_id(node_id):
@@ -59,6 +69,7 @@ class BudgetLedger:
         self._ids = itertools.count(1)
         self._ends: dict[str, datetime | None] = {}
         self._horizon: datetime | None = None
+        self._limits: dict[str, int] = {}  # the last limit admission checked, per counter
 
     @property
     def node_id(self) -> str:
@@ -87,6 +98,7 @@ class BudgetLedger:
             limit = limits.get(cid)
             if limit is None:
                 continue
+            self._limits[cid] = limit
             counter = self._counters.get(cid)
             total = 0 if counter is None else counter.value
             held = self._held.get(cid, 0)
@@ -220,6 +232,10 @@ class BudgetLedger:
         """What a new reservation could still take, never negative."""
         return max(0, limit - self.value(counter_id))
 
+    def limit_of(self, counter_id: str) -> int | None:
+        """The limit the last admission on ``counter_id`` checked (None: none yet)."""
+        return self._limits.get(counter_id)
+
     def open_reservations(self) -> int:
         return len(self._open)
 
@@ -236,6 +252,7 @@ class BudgetLedger:
         for cid in dropped:
             del self._counters[cid]
             self._held.pop(cid, None)
+            self._limits.pop(cid, None)
             self._dirty.discard(cid)
         if self._horizon is None or horizon > self._horizon:
             self._horizon = horizon

@@ -6,6 +6,7 @@ simply a new counter that starts at zero; nothing is ever reset in place.
 Window ids (UTC)::
 
     minute  min202611221405   rolls at the next minute
+    hour    h2026112214       rolls at the next hour
     day     d20261122         rolls at 00:00 UTC
     month   m202611           rolls at 00:00 UTC on the 1st
     total   total             never rolls
@@ -13,6 +14,7 @@ Window ids (UTC)::
 Counter ids are ``{kind}.{key_id}.{window_id}``, e.g. ``tok.key_7Hq2.d20261122``:
 
     kind    tok (tokens) | usd (micro-USD) | req (requests) | tpm (tokens per minute)
+            | pass (Privacy Passes issued)
     key_id  the API key's id: [A-Za-z0-9_=-]{1,128}
     window  as above
 
@@ -29,16 +31,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, get_args
 
-Period = Literal["minute", "day", "month", "total"]
-Kind = Literal["tok", "usd", "req", "tpm"]
+Period = Literal["minute", "hour", "day", "month", "total"]
+Kind = Literal["tok", "usd", "req", "tpm", "pass"]
 
 PERIODS: tuple[Period, ...] = get_args(Period)
 KINDS: tuple[Kind, ...] = get_args(Kind)
-RATE_KINDS: frozenset[str] = frozenset({"req", "tpm"})
+RATE_KINDS: frozenset[str] = frozenset({"req", "tpm", "pass"})
 """Kinds that are rate limits (RateLimited); the others are budgets (BudgetExceeded)."""
 
 _TOKEN = re.compile(r"[A-Za-z0-9_=-]{1,128}")
-_WINDOW = re.compile(r"min(\d{12})|d(\d{8})|m(\d{6})|total")
+_WINDOW = re.compile(r"min(\d{12})|h(\d{10})|d(\d{8})|m(\d{6})|total")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,8 @@ def window_id(period: Period, now: datetime) -> str:
     t = _utc(now)
     if period == "minute":
         return f"min{t.year:04d}{t.month:02d}{t.day:02d}{t.hour:02d}{t.minute:02d}"
+    if period == "hour":
+        return f"h{t.year:04d}{t.month:02d}{t.day:02d}{t.hour:02d}"
     if period == "day":
         return f"d{t.year:04d}{t.month:02d}{t.day:02d}"
     if period == "month":
@@ -84,6 +88,8 @@ def window_reset(period: Period, now: datetime) -> datetime | None:
     t = _utc(now)
     if period == "minute":
         return t.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    if period == "hour":
+        return t.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     if period == "day":
         return datetime(t.year, t.month, t.day, tzinfo=UTC) + timedelta(days=1)
     if period == "month":
@@ -104,10 +110,12 @@ def window_end(window: str) -> datetime | None:
     match = _WINDOW.fullmatch(window)
     if match is None:
         raise ValueError(f"not a budget window id: {window!r}")
-    minute, day, month = match.groups()
+    minute, hour, day, month = match.groups()
     if minute is not None:
         start = datetime.strptime(minute, "%Y%m%d%H%M").replace(tzinfo=UTC)
         return start + timedelta(minutes=1)
+    if hour is not None:
+        return datetime.strptime(hour, "%Y%m%d%H").replace(tzinfo=UTC) + timedelta(hours=1)
     if day is not None:
         return datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC) + timedelta(days=1)
     if month is not None:

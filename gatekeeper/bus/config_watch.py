@@ -1,94 +1,189 @@
 """Live configuration from the BH_CONFIG KV bucket, watched by every node.
 
-    key                         value                                effect
-    issuers.<kid>               k4.public.… text                     trust an issuer key
-    revoked.<key-token>         {"sub", "at", "reason"} JSON          reject that API key
-    routing.matrix              {"models": [...]} JSON                swap the capability matrix
-    nodes.<node>.audit_key      k4.public.… text                     audit verification key
+    key                         value (an envelope, gatekeeper.control)   effect
+    issuers.<kid>               operator-signed {"pub"}                    trust an issuer key
+    revoked.<key-token>         operator-signed {"sub", "at", "reason"}    reject that API key
+    routing.matrix              operator-signed {"models": [...]}          swap the matrix
+    any of these                operator-signed {"deleted": true}          undo it (tombstone)
+    nodes.<node>.key.<n>        registry entry (gatekeeper.control.registry) node keys
 
-A deleted ``issuers.*`` / ``revoked.*`` key undoes its effect. A bad value is
-rejected (logged, published to BH_EVENTS) and the node keeps what it had. If NATS
-is unreachable, a node keeps enforcing its last known lists.
+Only a value signed by an operator key (``control.operator_keys``) for exactly that
+key is applied; a value older than (or as old as) the one in force is a replay.
+Anything else (unsigned, wrongly signed, malformed, oversized, replayed) is
+refused whole, counted, logged and reported on BH_EVENTS, and the node keeps what
+it had. A bare KV delete or purge proves nothing: it is ignored (the revocation or
+trust stays in force) and the node puts the signed value back, so a node that
+starts later still reads it. If NATS is unreachable, a node keeps enforcing its
+last known lists.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import structlog
+from nacl.signing import VerifyKey
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.kv import KeyValue
 
-from gatekeeper.auth.paserk import KeyFormatError, decode_public, pid
+from gatekeeper.auth.paserk import KeyFormatError
 from gatekeeper.auth.verifier import Keyring, RevocationList
-from gatekeeper.routing.matrix import ConfigError, Matrix, ModelSpec, parse_models
+from gatekeeper.bus.kv_snapshot import kv_snapshot
+from gatekeeper.bus.putback import PutBack
+from gatekeeper.control.envelope import ControlValueRejected, open_envelope
+from gatekeeper.control.registry import NodeKeyRegistry, parse_node_key_kv_key
+from gatekeeper.control.reporting import Rejections
+from gatekeeper.control.values import (
+    MATRIX_KEY,
+    is_tombstone,
+    issuer_key,
+    issuer_public,
+    kind_of,
+    revocation_key,
+    revocation_sub,
+)
+from gatekeeper.errors import ConfigError
+from gatekeeper.routing.matrix import Matrix, ModelSpec, parse_models
+
+__all__ = [
+    "MATRIX_KEY",
+    "ConfigWatcher",
+    "LiveConfig",
+    "issuer_key",
+    "parse_matrix_body",
+    "parse_matrix_value",
+    "revocation_key",
+]
 
 log = structlog.get_logger("gatekeeper.config_watch")
 
-MATRIX_KEY = "routing.matrix"
-_SAFE = re.compile(r"[A-Za-z0-9_=-]{1,128}")
 
-
-def revocation_key(sub: str) -> str:
-    """The KV key for a revoked API key id (hashed when not key-safe)."""
-    if _SAFE.fullmatch(sub):
-        return f"revoked.{sub}"
-    return "revoked.h" + hashlib.blake2b(sub.encode(), digest_size=12).hexdigest()
-
-
-def issuer_key(public_text: str) -> str:
-    return f"issuers.{pid(decode_public(public_text))}"
-
-
-def parse_matrix_value(value: bytes, extra: tuple[ModelSpec, ...] = ()) -> Matrix:
-    """Validate a ``routing.matrix`` value (pure): raises ConfigError naming the path."""
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"routing.matrix: not JSON ({exc.msg})") from None
+def parse_matrix_body(doc: Any, extra: tuple[ModelSpec, ...] = ()) -> Matrix:
+    """Validate a ``routing.matrix`` body (pure): raises ConfigError naming the path."""
     if not isinstance(doc, dict) or "models" not in doc:
         raise ConfigError("routing.matrix: expected an object with a 'models' list")
     return Matrix((*parse_models(doc["models"], "routing.matrix.models"), *extra))
 
 
+def parse_matrix_value(value: bytes, extra: tuple[ModelSpec, ...] = ()) -> Matrix:
+    """Validate unsigned ``{"models": [...]}`` JSON (what ``config push`` signs)."""
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"routing.matrix: not JSON ({exc.msg})") from None
+    return parse_matrix_body(doc, extra)
+
+
 @dataclass(slots=True)
 class LiveConfig:
-    """Applies BH_CONFIG entries to the node's keyring, revocations and router."""
+    """Applies verified BH_CONFIG entries to the keyring, revocations, router, registry."""
 
     keyring: Keyring
     revocations: RevocationList
     on_matrix: Callable[[Matrix], None]
     served_providers: frozenset[str]
+    operators: Mapping[str, VerifyKey] = field(default_factory=dict)
+    registry: NodeKeyRegistry | None = None
     extra_models: tuple[ModelSpec, ...] = ()
     static_kids: frozenset[str] = frozenset()
-    on_reject: Callable[[str, str], None] = field(default=lambda key, error: None)
-    rejected: list[str] = field(default_factory=list)
+    rejections: Rejections = field(default_factory=Rejections)
+    on_node_key: Callable[[str], None] = field(default=lambda node: None)
+    restore: Callable[[str, bytes], None] = field(default=lambda key, value: None)
+    _accepted: dict[str, tuple[float, bytes]] = field(default_factory=dict)
     _dynamic_kids: dict[str, str] = field(default_factory=dict)
     _revoked: dict[str, str] = field(default_factory=dict)
 
     def apply(self, key: str, value: bytes | None) -> None:
+        kind = kind_of(key)
+        if kind is None:
+            return  # not a control value (e.g. an old nodes.<id>.audit_key)
+        if value is None:
+            self._bare_delete(kind, key)
+            return
         try:
-            if key.startswith("issuers."):
-                self._issuer(key, value)
-            elif key.startswith("revoked."):
-                self._revocation(key, value)
-            elif key == MATRIX_KEY and value:
-                self._matrix(value)
+            if kind == "node_key":
+                self._node_key(key, value)
+            else:
+                self._signed(kind, key, value)
+        except ControlValueRejected as exc:
+            self._reject(kind, key, exc.reason, exc.detail)
+            self._put_back(key)
         except (ConfigError, KeyFormatError, ValueError) as exc:
-            self.rejected.append(f"{key}: {exc}")
-            log.error("config.rejected", key=key, error=str(exc))
-            self.on_reject(key, str(exc))
+            self._reject(kind, key, "bad_body", str(exc))
+            self._put_back(key)
 
-    def _issuer(self, key: str, value: bytes | None) -> None:
-        if value:
-            kid = self.keyring.add(decode_public(value.decode().strip()))
+    def held(self, key: str) -> bytes | None:
+        """The signed value in force for ``key`` (None: none)."""
+        held = self._accepted.get(key)
+        if held is None and kind_of(key) == "node_key":
+            held = self._registered(key)
+        return None if held is None else held[1]
+
+    def _put_back(self, key: str) -> None:
+        """A refused value now sits in the bucket over the one in force: restore that one,
+        so that a node starting later reads it (bucket history is only 5 deep)."""
+        held = self._accepted.get(key)
+        if held is None and kind_of(key) == "node_key":
+            held = self._registered(key)
+        if held is not None:
+            self.restore(key, held[1])
+
+    def _reject(self, kind: str, key: str, reason: str, detail: str) -> None:
+        self.rejections.reject(kind, key, reason, detail)
+
+    def _bare_delete(self, kind: str, key: str) -> None:
+        """A delete/purge is not signed: keep what is in force and put it back."""
+        held = self._accepted.get(key)
+        if held is None and kind == "node_key":
+            held = self._registered(key)
+        if held is None:
+            return  # nothing of ours was there
+        self._reject(kind, key, "unsigned_delete", "a bare delete is ignored")
+        self.restore(key, held[1])
+
+    def _registered(self, key: str) -> tuple[float, bytes] | None:
+        parsed = parse_node_key_kv_key(key)
+        if parsed is None or self.registry is None:
+            return None
+        for entry in self.registry.history(parsed[0]):
+            if entry.n == parsed[1]:
+                return entry.valid_from, entry.value
+        return None
+
+    def _node_key(self, key: str, value: bytes) -> None:
+        if self.registry is None:
+            return
+        entry = self.registry.add(key, value)
+        if key not in self._accepted:
+            self._accepted[key] = (entry.valid_from, value)
+            log.info("config.node_key", node=entry.node, n=entry.n, kid=entry.kid)
+            self.on_node_key(entry.node)
+
+    def _signed(self, kind: str, key: str, value: bytes) -> None:
+        envelope = open_envelope(value, key, self.operators)
+        held = self._accepted.get(key)
+        if held is not None and held[1] == value:
+            return  # the value in force, seen again (watch restart, restore)
+        if held is not None and envelope.iat <= held[0]:
+            raise ControlValueRejected("replayed", "not newer than the value in force")
+        body = envelope.body
+        if kind == "issuer":
+            self._issuer(key, body)
+        elif kind == "revocation":
+            self._revocation(key, body)
+        else:
+            self._matrix(body)
+        self._accepted[key] = (envelope.iat, value)
+
+    def _issuer(self, key: str, body: Any) -> None:
+        if not is_tombstone(body):
+            kid = self.keyring.add(issuer_public(key, body))
             self._dynamic_kids[key] = kid
             log.info("config.issuer_trusted", kid=kid)
             return
@@ -97,20 +192,18 @@ class LiveConfig:
             self.keyring.remove(kid)
             log.info("config.issuer_removed", kid=kid)
 
-    def _revocation(self, key: str, value: bytes | None) -> None:
-        if value:
-            record = orjson.loads(value)
-            sub = record.get("sub") if isinstance(record, dict) else None
-            if not isinstance(sub, str) or not sub:
-                raise ValueError("revocation needs a 'sub'")
+    def _revocation(self, key: str, body: Any) -> None:
+        if not is_tombstone(body):
+            sub = revocation_sub(key, body)
             self._revoked[key] = sub
             self.revocations.revoke(sub)
             log.info("config.key_revoked", key_id=sub)
         elif key in self._revoked:
             self.revocations.unrevoke(self._revoked.pop(key))
+            log.info("config.key_unrevoked", key=key)
 
-    def _matrix(self, value: bytes) -> None:
-        matrix = parse_matrix_value(value, self.extra_models)
+    def _matrix(self, body: Any) -> None:
+        matrix = parse_matrix_body(body, self.extra_models)
         unknown = {m.provider for m in matrix} - self.served_providers
         served = Matrix(tuple(m for m in matrix if m.provider in self.served_providers))
         if not served.of_kind("chat"):
@@ -136,19 +229,32 @@ class ConfigWatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: KeyValue.KeyWatcher | None = None
         self._watch_reconnects = 0  # the client's reconnect count when it was created
+        self._restoring: set[asyncio.Future[None]] = set()
+        self._putback = PutBack(self._put_held)
+        live.restore = self.restore
 
     async def load(self) -> int:
-        count = 0
-        watcher = await self.kv.watchall()
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                self.live.apply(entry.key, entry.value if entry.operation is None else None)
-                count += 1
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return count
+        """Apply every retained revision, oldest first (a delete marker hides nothing)."""
+        entries = await kv_snapshot(self.kv, history=True, ignore_deletes=False)
+        for entry in entries:
+            self.live.apply(entry.key, None if entry.deleted else entry.value)
+        return len(entries)
+
+    def restore(self, key: str, value: bytes) -> None:
+        """Put the signed value in force back (refused without write permission)."""
+        self._putback(key)
+
+    def _put_held(self, key: str) -> None:
+        held = self.live.held(key)
+        if held is not None:
+            task = asyncio.ensure_future(self._restore(key, held))
+            self._restoring.add(task)
+            task.add_done_callback(self._restoring.discard)
+
+    async def _restore(self, key: str, value: bytes) -> None:
+        with contextlib.suppress(NatsError, TimeoutError, OSError):
+            await self.kv.put(key, value)
+            log.info("config.restored", key=key)
 
     def start(self) -> None:
         self._tasks = [
@@ -192,7 +298,3 @@ class ConfigWatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-def revocation_value(sub: str, reason: str, at: str) -> bytes:
-    return orjson.dumps({"sub": sub, "reason": reason, "at": at})

@@ -3,12 +3,20 @@
 Used by ``gatekeeper serve`` when no NATS URL is configured, and by the test
 fixtures (single server and 3-node cluster). Always binds 127.0.0.1 on a free
 port: never assumes 4222 is free.
+
+Anonymous clients are refused: the server gets one user with a generated
+password, written (with everything else) into a generated config file, mode 0600
+in a 0700 directory, never on the command line (``ps`` shows argv to everyone).
+``credentials_file`` keeps the user and password across restarts (``gatekeeper
+serve`` puts it in the state dir, where the CLI finds it).
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -72,9 +80,48 @@ def _wait_port(
     raise EmbeddedNatsError(f"nats-server did not listen on {host}:{port} within {timeout}s")
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by the owner only (0600, its directory 0700)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)  # an older file keeps its mode through O_CREAT
+
+
+def read_credentials(path: Path) -> tuple[str, str] | None:
+    """The ``(user, password)`` an embedded server wrote, or None (missing, unreadable)."""
+    try:
+        doc = json.loads(path.read_text())
+        os.chmod(path, 0o600)  # whoever widened it: the password is the NATS root of trust
+        return str(doc["user"]), str(doc["password"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_or_create_credentials(path: Path) -> tuple[str, str]:
+    """The embedded server's ``(user, password)``, created once (0600)."""
+    found = read_credentials(path)
+    if found is not None:
+        return found
+    user, password = "gatekeeper", secrets.token_urlsafe(24)
+    write_private(path, json.dumps({"user": user, "password": password}) + "\n")
+    return user, password
+
+
+def _quoted(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid nats-server config string
+
+
 @dataclass
 class EmbeddedNats:
-    """One nats-server process. ``cluster_port``/``routes`` make it a cluster member."""
+    """One nats-server process. ``cluster_port``/``routes`` make it a cluster member.
+
+    ``url`` carries the credentials (what a client connects with: tests, the
+    gateway it starts); ``public_url`` does not (what is printed or written down).
+    ``auth=False`` starts a server that accepts anonymous clients (tests of that).
+    """
 
     store_dir: Path
     host: str = "127.0.0.1"
@@ -84,45 +131,66 @@ class EmbeddedNats:
     cluster_port: int | None = None
     routes: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    auth: bool = True
+    user: str = "gatekeeper"
+    password: str = field(default="", repr=False)
+    credentials_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.auth:
+            return
+        if self.credentials_file is not None:
+            self.user, self.password = load_or_create_credentials(self.credentials_file)
+        elif not self.password:
+            self.password = secrets.token_urlsafe(24)
+
+    @property
+    def public_url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        if not self.auth:
+            return self.public_url
+        return f"nats://{self.user}:{self.password}@{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
         return self.store_dir / f"{self.name}.log"
 
-    def command(self) -> list[str]:
-        cmd = [
-            find_nats_server(),
-            "-a",
-            self.host,
-            "-p",
-            str(self.port),
-            "-js",
-            "-sd",
-            str(self.store_dir),
-            "-n",
-            self.name,
-            "-l",
-            str(self.log_path),
+    @property
+    def config_path(self) -> Path:
+        return self.store_dir / f"{self.name}.conf"
+
+    def config_text(self) -> str:
+        lines = [
+            f"listen: {_quoted(f'{self.host}:{self.port}')}",
+            f"server_name: {_quoted(self.name)}",
+            f"log_file: {_quoted(str(self.log_path))}",
+            f"jetstream {{ store_dir: {_quoted(str(self.store_dir))} }}",
         ]
+        if self.auth:
+            lines.append(
+                f"authorization {{ users: [ {{ user: {_quoted(self.user)}, "
+                f"password: {_quoted(self.password)} }} ] }}"
+            )
         if self.cluster_name and self.cluster_port:
-            cmd += [
-                "--cluster_name",
-                self.cluster_name,
-                "--cluster",
-                f"nats://{self.host}:{self.cluster_port}",
-            ]
-            if self.routes:
-                cmd += ["--routes", ",".join(self.routes)]
-        return cmd
+            routes = ", ".join(map(_quoted, self.routes))
+            lines.append(
+                f"cluster {{ name: {_quoted(self.cluster_name)}, "
+                f"listen: {_quoted(f'{self.host}:{self.cluster_port}')}, routes: [{routes}] }}"
+            )
+        return "\n".join(lines) + "\n"
+
+    def command(self) -> list[str]:
+        return [find_nats_server(), "-c", str(self.config_path)]
 
     def start(self, timeout: float = 15.0) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.store_dir, 0o700)
         if not self.port:
             self.port = free_port(self.host)
+        write_private(self.config_path, self.config_text())
         self.proc = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
@@ -154,7 +222,9 @@ class EmbeddedNats:
         return self.proc is not None and self.proc.poll() is None
 
 
-def start_embedded(store_dir: str | os.PathLike[str]) -> EmbeddedNats:
-    server = EmbeddedNats(Path(store_dir))
+def start_embedded(
+    store_dir: str | os.PathLike[str], credentials_file: str | os.PathLike[str]
+) -> EmbeddedNats:
+    server = EmbeddedNats(Path(store_dir), credentials_file=Path(credentials_file))
     server.start()
     return server

@@ -1,25 +1,29 @@
 """Fire-and-forget publishing to BH_EVENTS / BH_ALERTS (never on the critical path).
 
 Events are published with core NATS publish into subjects the streams capture: no
-per-event round trip. Alerts carry a ``Nats-Msg-Id`` so one crossing is stored once
-across the whole cluster.
+per-event round trip. Breaker events and alerts, which peers and operators act on,
+are signed with the node key (``gatekeeper.control.node_events``). Alerts carry a
+``Nats-Msg-Id`` that ends in a MAC keyed by the node key: one crossing is stored once
+per node that saw it, and nobody without the key can pre-publish an id to silence it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import structlog
+from nacl.signing import SigningKey
 
-from gatekeeper.audit.chain import AuditChain
-from gatekeeper.auth.paserk import encode_public
 from gatekeeper.bus.outbox import Outbox
-from gatekeeper.bus.streams import CONFIG_BUCKET, subject_token
+from gatekeeper.control.node_events import sign_event
+from gatekeeper.control.reporting import CONFIG_KINDS
 from gatekeeper.providers.failover import Attempt
 from gatekeeper.routing.matrix import ModelSpec
+from gatekeeper.subjects import subject_token
 
 log = structlog.get_logger("gatekeeper.events")
 
@@ -27,17 +31,34 @@ log = structlog.get_logger("gatekeeper.events")
 class EventBus:
     """Implements the pool's hook and the pipeline's routing/alert notifications."""
 
-    def __init__(self, outbox: Outbox, node_id: str) -> None:
+    def __init__(self, outbox: Outbox, node_id: str, signing_key: SigningKey | None = None) -> None:
         self.outbox = outbox
         self.node_id = node_id
+        self.signing_key = signing_key or SigningKey.generate()
+        self._mac_key = hashlib.blake2b(
+            bytes(self.signing_key), digest_size=32, person=b"gk-alert-msg-id"
+        ).digest()
         self.failovers = 0
         self.on_attempt: Callable[[Attempt], None] | None = None
 
-    def _emit(self, subject: str, payload: dict[str, Any], msg_id: str | None = None) -> None:
+    def _emit(
+        self,
+        subject: str,
+        payload: dict[str, Any],
+        msg_id: str | None = None,
+        *,
+        signed: bool = False,
+    ) -> None:
         payload.setdefault("ts", round(time.time(), 3))
         payload.setdefault("node_id", self.node_id)
-        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        self.outbox.put(subject, orjson.dumps(payload), headers)
+        headers = {"Nats-Msg-Id": self.msg_id(msg_id)} if msg_id else None
+        data = sign_event(self.signing_key, subject, payload) if signed else orjson.dumps(payload)
+        self.outbox.put(subject, data, headers)
+
+    def msg_id(self, base: str) -> str:
+        """``base`` made unguessable: node id and a MAC by a key derived from the node key."""
+        mac = hashlib.blake2b(base.encode(), key=self._mac_key, digest_size=12).hexdigest()
+        return f"{base}:{self.node_id}:{mac}"
 
     # -------------------------------------------------------------- pipeline
 
@@ -52,6 +73,21 @@ class EventBus:
                 "request_id": ex.request_id,
                 "requested_model": ex.requested_model,
                 **route.event,
+            },
+        )
+
+    def continued(self, ex: Any) -> None:
+        """A stream finished by several upstreams: its segments, seams and usages."""
+        resumed = ex.resumed
+        if resumed is None or not resumed.continued:
+            return
+        self._emit(
+            "bh.events.continuation",
+            {
+                "type": "continuation",
+                "request_id": ex.request_id,
+                "status": ex.status,
+                "segments": resumed.report(),
             },
         )
 
@@ -87,11 +123,19 @@ class EventBus:
         self._emit(
             f"bh.events.breaker.{subject_token(provider)}",
             {"type": "breaker", "provider": provider, "state": state},
+            signed=True,
         )
 
     def config_rejected(self, key: str, error: str) -> None:
         """A bad BH_CONFIG value this node refused (it keeps what it had)."""
         self._emit("bh.events.config", {"type": "config_rejected", "key": key, "error": error})
+
+    def control_rejected(self, report: dict[str, Any]) -> None:
+        """A refused control value (config entry, slot, peer event): rate-limited upstream."""
+        kind = str(report.get("kind", "unknown"))
+        subject = "bh.events.config" if kind in CONFIG_KINDS else f"bh.events.rejected.{kind}"
+        rtype = "config_rejected" if kind in CONFIG_KINDS else "control_rejected"
+        self._emit(subject, {"type": rtype, **report})
 
     # -------------------------------------------------------------- alerts
 
@@ -110,15 +154,25 @@ class EventBus:
                 "limit": limit,
             },
             msg_id=f"budget:{counter}:{pct}",
+            signed=True,
+        )
+
+    def budget_exhausted(self, key_id: str, counter: str, value: int, limit: int) -> None:
+        """The first refusal for budget on ``counter`` (one per counter and period)."""
+        self._emit(
+            f"bh.alerts.budget.{subject_token(key_id)}",
+            {
+                "type": "budget_exhausted",
+                "key_id": key_id,
+                "counter": counter,
+                "value": value,
+                "limit": limit,
+            },
+            msg_id=f"budget_exhausted:{counter}",
+            signed=True,
         )
 
     def alert(self, kind: str, payload: dict[str, Any], msg_id: str | None = None) -> None:
-        self._emit(f"bh.alerts.{subject_token(kind)}", {"type": kind, **payload}, msg_id)
-
-    # -------------------------------------------------------------- node key
-
-    async def publish_node_key(self, js: Any, chain: AuditChain) -> None:
-        """Publish this node's audit public key in BH_CONFIG (``nodes.<id>.audit_key``)."""
-        kv = await js.key_value(CONFIG_BUCKET)
-        public = encode_public(bytes(chain._key.verify_key))
-        await kv.put(f"nodes.{subject_token(self.node_id)}.audit_key", public.encode())
+        self._emit(
+            f"bh.alerts.{subject_token(kind)}", {"type": kind, **payload}, msg_id, signed=True
+        )

@@ -1,7 +1,7 @@
 """The gateway's own API as an OpenAPI 3.1 document, served at ``GET /openapi.json``.
 
-A static description of what this gateway accepts and answers (see README "API
-reference"), not of every field OpenAI defines: bodies allow unknown fields, which
+A static description of what this gateway accepts and answers (see docs/api.md),
+not of every field OpenAI defines: bodies allow unknown fields, which
 pass through to OpenAI-compatible upstreams unchanged.
 """
 

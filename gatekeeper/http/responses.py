@@ -33,11 +33,21 @@ class SSEResponse(Response):
 
     The pump is handed a ``write(bytes)`` function. If the client disconnects, the
     pump task is cancelled at once (so the upstream request is cancelled too) rather
-    than noticed at the next write.
+    than noticed at the next write. If the pump never starts (the client was gone
+    before the response head could be sent), ``abandoned`` is called instead, so
+    whatever the pump would have finished (its audit record) is still done.
     """
 
-    def __init__(self, pump: Pump, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        pump: Pump,
+        headers: Mapping[str, str],
+        abandoned: Callable[[], None] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self.pump = pump
+        self.abandoned = abandoned
+        self.on_close = on_close  # called once the stream is over, on every path
         self.status_code = 200
         self.background = None
         self.sse_headers = [
@@ -48,7 +58,19 @@ class SSEResponse(Response):
         self.sse_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.sse_headers})
+        try:
+            await self._run(receive, send)
+        finally:
+            if self.on_close is not None:
+                self.on_close()
+
+    async def _run(self, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.sse_headers})
+        except BaseException:
+            if self.abandoned is not None:
+                self.abandoned()
+            raise
 
         async def write(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})

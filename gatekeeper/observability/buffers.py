@@ -1,6 +1,6 @@
 """Metric updates off the hot path, and label values with a bound.
 
-A request adds into plain dicts (about a microsecond); ``flush`` moves the sums into
+A request adds into plain dicts (BENCHMARKS.md has the cost); ``flush`` moves the sums into
 the prometheus_client instruments, whose updates cost more (a lock, and an mmap
 write in multiprocess mode).
 """
@@ -51,8 +51,9 @@ class BufferedCounter:
         pending, self.pending = self.pending, {}
         for labels, amount in pending.items():
             child = self.children.get(labels)
-            if child is None:
-                child = self.children[labels] = self.metric.labels(*labels)
+            if child is None:  # an instrument without labels takes no labels() call
+                child = self.metric.labels(*labels) if labels else self.metric
+                self.children[labels] = child
             child.inc(amount)
 
 
@@ -84,7 +85,8 @@ class BufferedHistogram:
         for labels, buf in pending.items():
             child = self.children.get(labels)
             if child is None:
-                child = self.children[labels] = self.metric.labels(*labels)
+                child = self.metric.labels(*labels) if labels else self.metric
+                self.children[labels] = child
             child._sum.inc(buf[0])
             for i, n in enumerate(buf[1:]):
                 if n:

@@ -1,19 +1,23 @@
 """``/metrics``, and the live ``/dashboard`` (a static page fed one JSON snapshot a second).
 
-    GET /metrics              Prometheus text; needs the admin token only when one is set
+    GET /metrics              Prometheus text; admin token (see below)
     GET /dashboard            the page (gatekeeper/static/dashboard.html); admin token
     GET /dashboard/events     text/event-stream, one snapshot a second; admin token
     GET /dashboard/static/*   the page's script and style (no data, no token)
 
 The admin token (``server.admin_token``) is accepted as ``Authorization: Bearer …`` and,
 for the dashboard only (a browser cannot set headers on a link or an EventSource), as
-``?token=…``. With no admin token configured the dashboard is off (404) and ``/metrics``
-is open, as a Prometheus endpoint on loopback usually is.
+``?token=…``. With no admin token configured the dashboard is off (404); ``/metrics``
+is then open only on a loopback listener, as a Prometheus endpoint on loopback usually
+is, and off (404, with a warning at start) on any other: it names tenants and
+providers. With ``server.tls.client_ca_file`` set, a client certificate that the
+handshake verified against that CA is accepted in place of the admin token.
 
 A snapshot reads what the node already has: the metrics registry (the same numbers as
-``/metrics``), the health windows and peers' BH_HEALTH reports, the breakers, the
-ledger, and recent BH_EVENTS / BH_ALERTS messages. Those are followed with core NATS
-subscriptions only while someone watches, into small ring buffers.
+``/metrics``: totals, lane queues and sheds, result-cache outcomes), the health windows
+and peers' BH_HEALTH reports, the breakers, the ledger, and recent BH_EVENTS / BH_ALERTS
+messages. Those are followed with core NATS subscriptions only while someone watches,
+into small ring buffers.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import structlog
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -42,9 +47,23 @@ from gatekeeper.config import Config
 from gatekeeper.errors import AuthError, NotFound, ServiceUnavailable
 from gatekeeper.http.boundary import endpoint
 from gatekeeper.http.responses import SSEResponse
+from gatekeeper.observability.panels import cache_panel, lanes_panel
 
 if TYPE_CHECKING:
-    from gatekeeper.node import Node
+    from gatekeeper.bus.health_bus import HealthBus
+    from gatekeeper.observability.metrics import Metrics
+    from gatekeeper.pipeline import Pipeline
+
+
+class Node(Protocol):
+    """What the dashboard reads of the running node (``gatekeeper.node.Node``)."""
+
+    node_id: str
+    nc: Client
+    pipeline: Pipeline
+    health: HealthBus
+    metrics: Metrics
+
 
 log = structlog.get_logger("gatekeeper.dashboard")
 
@@ -246,12 +265,19 @@ class DashboardFeed:
         node = self.node
         totals = node.metrics.totals()
         self._counts.append((now, totals["requests"]))
+        pipeline = node.pipeline
         snap = {
             "ts": round(time.time(), 3),
             "node_id": node.node_id,
-            "totals": {k: v for k, v in totals.items() if k != "breakers"},
+            "totals": {k: v for k, v in totals.items() if not isinstance(v, dict)},
             "rps": round(self._rps(now), 2),
             "providers": self._providers(now, totals["breakers"]),
+            "lanes": lanes_panel(
+                totals["lane_depth"], totals["lane_shed"], pipeline.capacity is not None
+            ),
+            "cache": cache_panel(
+                totals["cache_results"], totals["cache_saved_usd"], pipeline.cache is not None
+            ),
             "keys": [row.to_dict() for row in node.metrics.top_keys(10)],
             "routes": newest(self.routes, ROUTE_FIELDS),
             "incidents": newest(self.incidents, INCIDENT_FIELDS, 10),
@@ -329,9 +355,34 @@ def _asset(name: str) -> bytes:
     return (resources.files("gatekeeper") / "static" / name).read_bytes()
 
 
+def client_cert_name(scope: Mapping[str, Any]) -> str | None:
+    """The subject of a verified client certificate (set by the HTTP edge), if any."""
+    tls = (scope.get("extensions") or {}).get("tls") or {}
+    name = tls.get("client_cert_name")
+    return name if isinstance(name, str) and name else None
+
+
+def metrics_open(config: Config) -> bool:
+    """Whether /metrics answers without credentials: only without an admin token, on
+    loopback, and without mTLS for admin endpoints."""
+    return not config.server.admin_token and config.server.loopback
+
+
 def observability_routes(config: Config, node_of: Callable[[], Node | None]) -> list[Route]:
     admin = config.server.admin_token
+    mtls = bool(config.server.tls.client_ca_file)
     feeds: list[DashboardFeed] = []  # one, for the node of this process
+    if not admin and not mtls and not config.server.loopback:
+        log.warning(
+            "metrics.disabled",
+            reason="server.host is not loopback and server.admin_token is not set",
+            host=config.server.host,
+        )
+
+    def credentials_ok(request: Request) -> bool:
+        if admin and bearer_ok(request.headers.get("authorization"), admin):
+            return True
+        return mtls and client_cert_name(request.scope) is not None
 
     def live_node() -> Node:
         node = node_of()
@@ -340,14 +391,14 @@ def observability_routes(config: Config, node_of: Callable[[], Node | None]) -> 
         return node
 
     def admit(request: Request, *, query: bool) -> None:
-        if not admin:
+        if not admin and not mtls:
             raise NotFound(
                 "The dashboard is off: set server.admin_token to turn it on",
                 code="dashboard_disabled",
             )
-        if bearer_ok(request.headers.get("authorization"), admin):
+        if credentials_ok(request):
             return
-        given = request.query_params.get("token", "") if query else ""
+        given = request.query_params.get("token", "") if query and admin else ""
         if given and hmac.compare_digest(given.encode(), admin.encode()):
             return
         raise AuthError("This endpoint needs the admin token (server.admin_token)")
@@ -360,7 +411,12 @@ def observability_routes(config: Config, node_of: Callable[[], Node | None]) -> 
 
     @endpoint
     async def metrics(request: Request, rid: str, started: float) -> Response:
-        if admin and not bearer_ok(request.headers.get("authorization"), admin):
+        if not metrics_open(config) and not credentials_ok(request):
+            if not admin and not mtls:
+                raise NotFound(
+                    "/metrics is off on a non-loopback listener without server.admin_token",
+                    code="metrics_disabled",
+                )
             raise AuthError("/metrics needs the admin token (server.admin_token)")
         body = live_node().metrics.render()
         return Response(body, headers={"x-request-id": rid}, media_type=CONTENT_TYPE_LATEST)

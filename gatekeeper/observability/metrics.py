@@ -11,10 +11,15 @@
     gatekeeper_cost_usd_total                  counter    provider, model, tenant
     gatekeeper_breaker_state                   gauge      0 closed, 1 half_open, 2 open
     gatekeeper_audit_spool_depth               gauge      records waiting in the spool
+    gatekeeper_auth_failures_total             counter    reason (refused tokens)
+    gatekeeper_token_verifications_total       counter    Ed25519 signature checks done
     gatekeeper_budget_remaining / _used_ratio  gauge      opt-in, top-N keys (scrape time)
+    gatekeeper_lane_queue_depth                gauge      lane (priority lanes, docs/capacity.md)
+    gatekeeper_lane_wait_seconds               histogram  lane: time queued, granted or not
+    gatekeeper_lane_shed_total                 counter    lane, reason (429/503 load shedding)
 
 The hot path does not touch prometheus_client: a request adds into plain dicts
-(``BufferedCounter``/``BufferedHistogram``, about a microsecond each) and a node task
+(``BufferedCounter``/``BufferedHistogram``; the cost is in BENCHMARKS.md) and a node task
 flushes them into the instruments once a second, and before every scrape. With
 ``--workers N`` the instruments live in prometheus_client's multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor) and any worker renders the sum.
@@ -26,12 +31,12 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
@@ -47,7 +52,7 @@ from gatekeeper.providers.failover import Attempt, Breaker
 from gatekeeper.routing.matrix import ModelSpec
 
 if TYPE_CHECKING:
-    from gatekeeper.pipeline import Exchange
+    from gatekeeper.exchange import Exchange
     from gatekeeper.providers.pool import PoolHook
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -165,6 +170,62 @@ class Metrics:
             ("provider", "model", "tenant"),
             r,
         )
+        self.refusals = counter(
+            "gatekeeper_budget_refusals_total",
+            "Requests refused by admission: kind rate (rpm/tpm) or budget (tokens/USD)",
+            ("kind",),
+            r,
+        )
+        self.charged_requests = counter(
+            "gatekeeper_usage_charged_total",
+            "Accepted requests by where their charge came from: upstream, counted, reserved",
+            ("usage_source",),
+            r,
+        )
+        self.charged_tokens = counter(
+            "gatekeeper_usage_charged_tokens_total",
+            "Tokens charged to budgets, by usage_source",
+            ("usage_source",),
+            r,
+        )
+        self.suspicious = counter(
+            "gatekeeper_usage_suspicious_total",
+            "Upstream usage reports not believed (too few tokens for the text received)",
+            ("usage_source",),
+            r,
+        )
+        self.cache_results = counter(
+            "gatekeeper_cache_requests_total",
+            "Chat requests by result-cache outcome: HIT, MISS, COALESCED, BYPASS",
+            ("result",),
+            r,
+        )
+        self.cache_saved = counter(
+            "gatekeeper_cache_saved_usd_total",
+            "Upstream cost not spent thanks to cache hits and coalesced requests (list price)",
+            (),
+            r,
+        )
+        self.lane_wait = histogram(
+            "gatekeeper_lane_wait_seconds",
+            "Time a request waited in its priority lane (granted, shed or gone)",
+            ("lane",),
+            DURATION_BUCKETS,
+            r,
+        )
+        self.lane_shed_count = counter(
+            "gatekeeper_lane_shed_total",
+            "Requests shed by the priority lanes, by lane and reason",
+            ("lane", "reason"),
+            r,
+        )
+        self.lane_depth = Gauge(
+            "gatekeeper_lane_queue_depth",
+            "Requests waiting in each priority lane (sum over workers)",
+            ["lane"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.breaker_state = Gauge(
             "gatekeeper_breaker_state",
             "Circuit breaker per provider: 0 closed, 1 half_open, 2 open (worst worker)",
@@ -178,7 +239,34 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.nats_permission_denied = Counter(
+            "gatekeeper_nats_permission_denied",
+            "Publishes or subscriptions the NATS server refused this node (its permissions)",
+            registry=r,
+        )
+        self.control_rejections = Counter(
+            "gatekeeper_control_rejected_total",
+            "Control values refused: config entries, budget slots, peer events (by kind, reason)",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.auth_failures = counter(
+            "gatekeeper_auth_failures_total",
+            "Refused API tokens by reason (missing, bad_signature, expired, ...)",
+            ("reason",),
+            r,
+        )
+        self.verifications = counter(
+            "gatekeeper_token_verifications_total",
+            "Ed25519 signature checks done (known tokens, good or bad, cost none)",
+            ("algorithm",),
+            r,
+        )
+        self.samplers: list[Callable[[], None]] = []  # run with the gauges, once a second
+        self._verified_seen = 0
         self._buffers: tuple[BufferedCounter | BufferedHistogram, ...] = (
+            self.auth_failures,
+            self.verifications,
             self.tokens,
             self.duration,
             self.ttft,
@@ -188,8 +276,20 @@ class Metrics:
             self.attempt_duration,
             self.failovers,
             self.cost,
+            self.refusals,
+            self.cache_results,
+            self.cache_saved,
+            self.lane_wait,
+            self.lane_shed_count,
+            self.charged_requests,
+            self.charged_tokens,
+            self.suspicious,
         )
         self.usage: Usage | None = None
+
+    def control_rejected(self, kind: str, reason: str) -> None:
+        """One refused control value (gatekeeper.control.reporting.Rejections counts here)."""
+        self.control_rejections.labels(kind, reason).inc()
 
     # ------------------------------------------------------------------ hot path
 
@@ -227,6 +327,43 @@ class Metrics:
         if claims is not None:
             self.keys.seen(claims, cost)
 
+    def refused(self, kind: str) -> None:
+        """Admission refused a request (``rate`` or ``budget``): counted, never alerted."""
+        self.refusals.inc((kind,))
+
+    def charged(self, source: str, tokens: int, suspicious: bool) -> None:
+        """A request's budget charge was decided (``usage_source``)."""
+        self.charged_requests.inc((source,))
+        self.charged_tokens.inc((source,), tokens)
+        if suspicious:
+            self.suspicious.inc((source,))
+
+    def cache_result(self, result: str, saved_usd: float) -> None:
+        """One request's result-cache outcome, and the upstream cost it saved."""
+        self.cache_results.inc((result,))
+        if saved_usd > 0:
+            self.cache_saved.inc((), saved_usd)
+
+    def lane_waited(self, lane: str, seconds: float) -> None:
+        self.lane_wait.observe((lane,), seconds)
+
+    def lane_shed(self, lane: str, reason: str) -> None:
+        self.lane_shed_count.inc((lane, reason))
+
+    def lane_depths(self, depths: Mapping[str, int]) -> None:
+        for lane, depth in depths.items():
+            self.lane_depth.labels(lane).set(depth)
+
+    def auth_failed(self, reason: str) -> None:
+        """The verifier refused a token (its ``on_failure`` hook)."""
+        self.auth_failures.inc((reason,))
+
+    def verifications_seen(self, total: int) -> None:
+        """The verifier's running count of signature checks (sampled, not per request)."""
+        if total > self._verified_seen:
+            self.verifications.inc(("ed25519",), total - self._verified_seen)
+            self._verified_seen = total
+
     def attempt_done(self, attempt: Attempt) -> None:
         if attempt.error == "breaker open":
             self.attempts.inc((attempt.provider, "skipped"))
@@ -251,6 +388,8 @@ class Metrics:
         for provider, breaker in breakers.items():
             self.breaker_state.labels(provider).set(BREAKER_STATES.get(breaker.state, 0))
         self.spool_depth.set(spool.spool_depth)
+        for sampler in self.samplers:
+            sampler()
 
     def flush(self) -> None:
         for buffer in self._buffers:
@@ -293,11 +432,15 @@ class Metrics:
         return self._exposition
 
     def render(self) -> bytes:
+        for sampler in self.samplers:
+            sampler()
         self.flush()
         return generate_latest(self.exposition())
 
     def totals(self) -> dict[str, Any]:
         """Sums over the exposition (what /metrics says), for the dashboard."""
+        for sampler in self.samplers:  # the lane depths as of now, as a scrape has them
+            sampler()
         self.flush()
         return summarize(self.exposition().collect())
 
@@ -319,7 +462,11 @@ def summarize(families: Iterable[Metric]) -> dict[str, Any]:
         "tokens_output": 0.0,
         "cost_usd": 0.0,
         "audit_spool_depth": 0.0,
+        "cache_saved_usd": 0.0,
         "breakers": {},
+        "lane_depth": {},  # lane -> waiters
+        "lane_shed": {},  # lane -> reason -> requests shed
+        "cache_results": {},  # HIT | MISS | COALESCED | BYPASS -> requests
     }
     for family in families:
         for s in family.samples:
@@ -335,10 +482,23 @@ def summarize(families: Iterable[Metric]) -> dict[str, Any]:
                 out["cost_usd"] += s.value
             elif s.name == "gatekeeper_audit_spool_depth":
                 out["audit_spool_depth"] += s.value
+            elif s.name == "gatekeeper_lane_queue_depth":
+                _add(out["lane_depth"], s.labels.get("lane", ""), s.value)
+            elif s.name == "gatekeeper_lane_shed_total":
+                shed = out["lane_shed"].setdefault(s.labels.get("lane", ""), {})
+                _add(shed, s.labels.get("reason", ""), s.value)
+            elif s.name == "gatekeeper_cache_requests_total":
+                _add(out["cache_results"], s.labels.get("result", ""), s.value)
+            elif s.name == "gatekeeper_cache_saved_usd_total":
+                out["cache_saved_usd"] += s.value
             elif s.name == "gatekeeper_breaker_state":
                 provider = s.labels.get("provider", "")
                 out["breakers"][provider] = max(out["breakers"].get(provider, 0), int(s.value))
     return out
+
+
+def _add(into: dict[str, float], key: str, value: float) -> None:
+    into[key] = into.get(key, 0.0) + value
 
 
 class MeteredHook:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from gatekeeper.errors import StreamInterrupted
+from gatekeeper.errors import StreamInterrupted, UpstreamTooLarge
 from gatekeeper.providers.anthropic_wire import (
     _STATUS_OF_TYPE,
     TokenUsage,
@@ -30,14 +30,18 @@ class SSEParser:
     ``(event, data)``. Handles events split anywhere across reads, LF/CRLF/CR line
     ends, comments, multi-line ``data`` (joined with ``\\n``) and a leading BOM.
     An event without a type is ``"message"``; an event without data is dropped.
+    One event (its data lines, or a line without end) over ``max_event`` bytes raises
+    ``UpstreamTooLarge``.
     """
 
-    __slots__ = ("_buf", "_cr", "_data", "_event", "_fresh")
+    __slots__ = ("_buf", "_cr", "_data", "_event", "_fresh", "_size", "max_event")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int = 1024 * 1024) -> None:
         self._buf = b""
         self._event = ""
         self._data: list[bytes] = []
+        self._size = 0  # data bytes of the event being assembled
+        self.max_event = max_event
         self._fresh = True  # nothing seen yet: a BOM may still come
         self._cr = False  # the last read ended in CR: a leading LF belongs to it
 
@@ -59,13 +63,17 @@ class SSEParser:
             start = eol.end()
         self._cr = start == len(buf) and buf.endswith(b"\r")
         self._buf = buf[start:]
+        if len(self._buf) + self._size > self.max_event:
+            raise UpstreamTooLarge(
+                f"the upstream sent a server-sent event over {self.max_event} bytes"
+            )
         return events
 
     def _line(self, line: bytes, events: list[tuple[str, bytes]]) -> None:
         if not line:
             if self._data != [b""] and self._data:  # WHATWG: empty data is not dispatched
                 events.append((self._event or "message", b"\n".join(self._data)))
-            self._event, self._data = "", []
+            self._event, self._data, self._size = "", [], 0
             return
         if line.startswith(b":"):
             return  # comment / keep-alive
@@ -73,6 +81,7 @@ class SSEParser:
         value = value.removeprefix(b" ")
         if name == b"data":
             self._data.append(value)
+            self._size += len(value) + 1
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gatekeeper.routing.matrix import ModelSpec
 
 DONE_EVENT = b"data: [DONE]\n\n"
+CAPTURE_BYTES = 4 * 1024 * 1024  # stream payload bytes kept for counting, per stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class Call:
     body: dict[str, Any]
     request_id: str
     include_usage: bool = False  # the client asked for stream_options.include_usage
+    native: Mapping[str, Any] | None = None  # a /v1/messages body, for an Anthropic upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,8 @@ class Reply:
     """A finished non-streaming answer in OpenAI wire format."""
 
     body: bytes
-    usage: Usage
+    usage: Usage | None  # None: the upstream reported none
+    parsed: Any = None  # the body as parsed by the adapter (for counting, if needed)
 
 
 @dataclass(slots=True)
@@ -55,6 +58,25 @@ class StreamState:
     usage: Usage | None = None
     completed: bool = False  # upstream signalled a clean end
     chunks: int = 0
+    # Every data payload received (up to CAPTURE_BYTES), kept by reference: counted
+    # only if the upstream never reports usage. ``overflow``: bytes past the cap.
+    payloads: list[bytes] = field(default_factory=list)
+    captured: int = 0
+    overflow: int = 0
+
+    def forget(self, kept: int) -> None:
+        """Drop the payloads after the first ``kept`` (they never reached the client)."""
+        for payload in self.payloads[kept:]:
+            self.captured -= len(payload)
+        del self.payloads[kept:]
+
+    def keep(self, payload: bytes) -> None:
+        size = len(payload)
+        if self.captured + size <= CAPTURE_BYTES:
+            self.payloads.append(payload)
+            self.captured += size
+        else:
+            self.overflow += size
 
 
 class ReplyStream:

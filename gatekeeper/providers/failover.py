@@ -1,4 +1,7 @@
-"""Pure failover decisions: backoff, circuit breaker, the attempt plan, the final error."""
+"""Pure failover decisions: backoff, circuit breaker, the final error.
+
+The attempt plan (which models, in which order) is the route's: ``gatekeeper.routing.decision``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from gatekeeper.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from gatekeeper.routing.matrix import ModelSpec
+from gatekeeper.routing.decision import SAME_PROVIDER_RETRIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,12 +22,15 @@ class FailoverPolicy:
     backoff_base_s: float = 0.1
     backoff_cap_s: float = 2.0
     retry_after_cap_s: float = 5.0
-    same_provider_retries: int = 1
+    same_provider_retries: int = SAME_PROVIDER_RETRIES
     breaker_failures: int = 5
     breaker_reset_s: float = 10.0
     # Upstream statuses that move on to the next provider. 401/403 (the gateway's own
     # provider key is bad) always do; connect errors and timeouts always do.
     retry_statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504, 529})
+    # A stream cut after its first chunk is finished by the next provider in the plan,
+    # at most this many times per request (0: never; gatekeeper.continuation).
+    max_continuations: int = 2
 
 
 DEFAULT_POLICY = FailoverPolicy()
@@ -61,29 +67,6 @@ def next_backoff(
         return min(retry_after, policy.retry_after_cap_s)
     ceiling = min(policy.backoff_cap_s, policy.backoff_base_s * (2.0 ** max(0, attempt - 1)))
     return ceiling * (random.random() if rand is None else rand)
-
-
-def plan_attempts(
-    primary: ModelSpec,
-    fallbacks: Sequence[ModelSpec],
-    chain: Sequence[str],
-    policy: FailoverPolicy = DEFAULT_POLICY,
-) -> tuple[ModelSpec, ...]:
-    """The ordered models to try: the primary, then one fallback per provider in chain order.
-
-    With no other provider available the primary is retried ``same_provider_retries``
-    times (with backoff between tries).
-    """
-    rank = {name: i for i, name in enumerate(chain)}
-    seen = {primary.provider}
-    rest: list[ModelSpec] = []
-    for m in sorted(fallbacks, key=lambda m: rank.get(m.provider, len(rank))):
-        if m.provider not in seen:
-            seen.add(m.provider)
-            rest.append(m)
-    if not rest:
-        return (primary,) * (1 + policy.same_provider_retries)
-    return (primary, *rest)
 
 
 def final_error(errors: Sequence[ProviderError], attempts: Sequence[Attempt]) -> ProviderError:
@@ -143,6 +126,11 @@ class Breaker:
             self.state = "closed"
             return "closed"
         return None
+
+    def release_probe(self) -> None:
+        """An attempt ended without a verdict on the provider (the gateway was busy):
+        a half-open probe may go again."""
+        self.probing = False
 
     def failure(self, now: float) -> str | None:
         """Record a failure; returns the new state if it changed."""

@@ -63,11 +63,13 @@ class ProviderPool:
         policy: FailoverPolicy = DEFAULT_POLICY,
         hook: PoolHook | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,  # the backoff's wait
     ) -> None:
         self.providers = providers
         self.policy = policy
         self.hook: PoolHook = hook or _NoHook()
         self.clock = clock
+        self.sleep = sleep
         self.breakers = {name: Breaker(policy) for name in providers}
 
     def breaker_open(self, provider: str) -> bool:
@@ -115,7 +117,7 @@ class ProviderPool:
                 delay = next_backoff(prior, errors[-1].retry_after, self.policy)
                 if self.clock() + delay >= deadline:
                     break
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
             tries_of[model.provider] = prior + 1
             remaining = deadline - self.clock()
             if remaining <= 0:
@@ -153,14 +155,18 @@ class ProviderPool:
                 attempts.append(self._record(breaker, model, started, 200, None, success=True))
                 return Served(result, model, tuple(attempts))
             errors.append(err)
-            failed = self._record(
-                breaker,
-                model,
-                started,
-                err.upstream_status,
-                err.code or type(err).__name__,
-                success=False,
-            )
+            if err.blames_provider:
+                failed = self._record(
+                    breaker,
+                    model,
+                    started,
+                    err.upstream_status,
+                    err.code or type(err).__name__,
+                    success=False,
+                )
+            else:  # the gateway was busy (no connection slot): health and breaker untouched
+                breaker.release_probe()
+                failed = Attempt(model.provider, model.name, None, err.code, self._ms(started))
             attempts.append(failed)
             if i + 1 < len(plan):
                 self.hook.failover(call.request_id, failed, plan[i + 1])
@@ -177,14 +183,15 @@ class ProviderPool:
         success: bool,
     ) -> Attempt:
         now = self.clock()
-        attempt = Attempt(
-            model.provider, model.name, status, error, round((now - started) * 1000, 3)
-        )
+        attempt = Attempt(model.provider, model.name, status, error, self._ms(started, now))
         changed = breaker.success() if success else breaker.failure(now)
         if changed:
             self.hook.breaker_changed(model.provider, changed)
         self.hook.attempt_done(attempt)
         return attempt
+
+    def _ms(self, started: float, now: float | None = None) -> float:
+        return round(((self.clock() if now is None else now) - started) * 1000, 3)
 
     async def aclose(self) -> None:
         for p in self.providers.values():
@@ -194,7 +201,7 @@ class ProviderPool:
 def _with_model(call: Call, model: ModelSpec) -> Call:
     if call.model is model:
         return call
-    return Call(model, call.body, call.request_id, call.include_usage)
+    return Call(model, call.body, call.request_id, call.include_usage, call.native)
 
 
 def _all_open(attempts: Sequence[Attempt]) -> ProviderError:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from gatekeeper.errors import GatewayError
-from gatekeeper.providers.base import StreamState, Usage
+from gatekeeper.errors import GatewayError, StreamInterrupted, UpstreamTooLarge
+from gatekeeper.providers.base import CAPTURE_BYTES, StreamState, Usage
 
 
 class OpenAIStreamFilter:
@@ -14,14 +14,20 @@ class OpenAIStreamFilter:
     Only whole events are forwarded (an event split across TCP reads waits for its
     end). ``data: [DONE]`` is swallowed and recorded in ``state.completed``; a usage
     chunk is recorded in ``state.usage`` and forwarded only if the client asked for
-    it (``stream_options.include_usage``). Other events pass through byte for byte.
+    it (``stream_options.include_usage``). An error object in the stream (``data:
+    {"error": …}``) raises ``StreamInterrupted``: the upstream gave up mid-answer.
+    Other events pass through byte for byte.
+    An event (or undelimited bytes) longer than ``max_event`` raises ``UpstreamTooLarge``.
     """
 
-    __slots__ = ("_buf", "include_usage", "state")
+    __slots__ = ("_buf", "include_usage", "max_event", "state")
 
-    def __init__(self, state: StreamState, *, include_usage: bool) -> None:
+    def __init__(
+        self, state: StreamState, *, include_usage: bool, max_event: int = 1024 * 1024
+    ) -> None:
         self._buf = b""
         self.include_usage = include_usage
+        self.max_event = max_event
         self.state = state
 
     def feed(self, data: bytes) -> bytes:
@@ -31,13 +37,27 @@ class OpenAIStreamFilter:
         end = buf.rfind(b"\n\n")
         if end < 0:
             self._buf = buf
+            self._check(buf)
             return b""
-        self._buf = buf[end + 2 :]
+        self._buf = rest = buf[end + 2 :]
+        if len(rest) > self.max_event:
+            self._check(rest)
         out = []
-        for event in buf[: end + 2].split(b"\n\n"):
-            if event and self._keep(event):
-                out.append(event + b"\n\n")
+        kept = len(self.state.payloads)
+        try:
+            for event in buf[: end + 2].split(b"\n\n"):
+                if event and self._keep(event):
+                    out.append(event + b"\n\n")
+        except StreamInterrupted:  # the events before it are not forwarded: not kept either
+            self.state.forget(kept)
+            raise
         return b"".join(out)
+
+    def _check(self, pending: bytes) -> None:
+        if len(pending) > self.max_event:
+            raise UpstreamTooLarge(
+                f"the upstream sent a server-sent event over {self.max_event} bytes"
+            )
 
     def _keep(self, event: bytes) -> bool:
         if not event.startswith(b"data:"):
@@ -46,7 +66,18 @@ class OpenAIStreamFilter:
         if payload == b"[DONE]":
             self.state.completed = True
             return False
-        self.state.chunks += 1
+        if payload.startswith((b'{"error"', b'{"object":"error"')):
+            raise StreamInterrupted(
+                "the upstream sent an error event mid-stream", code="upstream_stream_error"
+            )
+        state = self.state
+        state.chunks += 1
+        size = len(payload)  # StreamState.keep, inlined: this runs for every event
+        if state.captured + size <= CAPTURE_BYTES:
+            state.payloads.append(payload)
+            state.captured += size
+        else:
+            state.overflow += size
         if b'"usage"' not in payload:
             return True
         try:

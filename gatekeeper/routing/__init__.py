@@ -9,7 +9,6 @@ providers whose circuit breakers are open.
 
 from gatekeeper.routing.matrix import (
     CAPABILITIES,
-    ConfigError,
     Matrix,
     ModelSpec,
     load_matrix,
@@ -37,7 +36,6 @@ __all__ = [
     "ROUTING_MODES",
     "TASK_CLASSES",
     "Complexity",
-    "ConfigError",
     "Matrix",
     "ModelSpec",
     "Requirements",

@@ -12,8 +12,7 @@ from typing import Any
 
 from gatekeeper.auth.claims import Claims, model_allowed
 from gatekeeper.errors import ModelNotFound
-from gatekeeper.pipeline import RouteDecision
-from gatekeeper.providers.failover import plan_attempts
+from gatekeeper.routing.decision import RouteDecision, plan_attempts
 from gatekeeper.routing.matrix import Matrix, ModelSpec
 from gatekeeper.routing.router import (
     AUTO,
@@ -78,7 +77,12 @@ class LiveRouter:
         open_breakers: frozenset[str],
     ) -> RouteDecision:
         routing = claims.routing if claims is not None else None
-        mode = parse_mode(mode_header, routing.mode if routing else None, self.default_mode)
+        mode = parse_mode(
+            mode_header,
+            routing.mode if routing else None,
+            self.default_mode,
+            allow_header=routing is None or routing.allow_override,
+        )
         threshold = self.quality_threshold
         if routing is not None and routing.quality_threshold is not None:
             threshold = routing.quality_threshold

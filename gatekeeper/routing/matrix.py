@@ -14,6 +14,7 @@ from typing import Literal
 
 import yaml
 
+from gatekeeper.errors import ConfigError
 from gatekeeper.routing.scorer import TASK_CLASSES
 
 ModelKind = Literal["chat", "embedding"]
@@ -35,10 +36,6 @@ _FIELDS = frozenset(
         "quality",
     }
 )
-
-
-class ConfigError(ValueError):
-    """Configuration that cannot be used; the message starts with the YAML path."""
 
 
 @dataclass(frozen=True, slots=True)

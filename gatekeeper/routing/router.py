@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-from gatekeeper.errors import InvalidRequest, ModelNotFound
+from gatekeeper.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from gatekeeper.routing.matrix import Matrix, ModelKind, ModelSpec
 from gatekeeper.routing.scorer import Complexity, content_text
 
@@ -165,8 +165,27 @@ def required_quality(threshold: float, complexity: Complexity) -> float:
     return round(threshold + (1.0 - threshold) * complexity.score, 3)
 
 
-def parse_mode(header_value: str | None, claim_mode: str | None, default: str) -> RoutingMode:
-    """The routing mode: the X-Routing-Mode header, else the key's claim, else default."""
+def parse_mode(
+    header_value: str | None,
+    claim_mode: str | None,
+    default: str,
+    allow_header: bool = True,
+) -> RoutingMode:
+    """The routing mode: the X-Routing-Mode header, else the key's claim, else default.
+
+    With ``allow_header=False`` (the key's ``routing.allow_override: false``) a header
+    asking for any other mode than the key's is refused (403).
+    """
+    if not allow_header and header_value is not None and header_value.strip():
+        fixed = parse_mode(None, claim_mode, default)
+        if parse_mode(header_value, None, default) != fixed:
+            raise PermissionDenied(
+                f"This API key may not override its routing mode ({fixed}) "
+                f"with the {ROUTING_MODE_HEADER} header",
+                param=ROUTING_MODE_HEADER,
+                code="routing_override_forbidden",
+            )
+        return fixed
     for value, param in ((header_value, ROUTING_MODE_HEADER), (claim_mode, None)):
         if value is None or not value.strip():
             continue

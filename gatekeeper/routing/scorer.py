@@ -3,7 +3,7 @@
 ``score()`` reads only the last user message (its first ``SCAN_LIMIT`` characters)
 plus the conversation's total length. The message becomes a set of lowercased words
 checked against fixed vocabularies (set intersections and a few substring checks, no
-per-word Python loop), so it costs microseconds. It is deterministic and explains
+per-word Python loop; its cost is in BENCHMARKS.md). It is deterministic and explains
 itself: ``features`` lists what each signal added to the score.
 
 The task class is the class with the most distinct keyword hits (code syntax counts

@@ -94,6 +94,45 @@
     ctx.stroke();
   }
 
+  function renderLanes(l) {
+    const rows = l.enabled ? l.lanes : [];
+    fill("lanes", rows, (tr, row) => {
+      tr.dataset.lane = row.lane;
+      cell(tr, row.lane);
+      numberCell(tr, row.queued, "queued");
+      let total = 0;
+      for (const reason of l.reasons) {
+        const n = row.shed[reason] || 0;
+        total += n;
+        numberCell(tr, n, reason, n > 0 ? "warn" : "");
+      }
+      numberCell(tr, total, "shed", total > 0 ? "bad" : "");
+    }, "lanes off (capacity.max_in_flight: 0)");
+  }
+
+  function numberCell(tr, n, key, cls) {
+    const td = cell(tr, fmtInt(n), "num" + (cls ? " " + cls : ""));
+    td.dataset.key = key;
+    td.dataset.value = String(n);
+    return td;
+  }
+
+  function renderCache(c) {
+    $("cache").classList.toggle("off", !c.enabled);
+    if (!c.enabled) {
+      setNumber("cache-hit-ratio", 0, "off");
+      setNumber("cache-counts", 0, "–");
+      setNumber("cache-bypass", 0, "–");
+      setNumber("cache-saved", 0, "–");
+      return;
+    }
+    setNumber("cache-hit-ratio", c.hit_ratio, (c.hit_ratio * 100).toFixed(1) + " %");
+    setNumber("cache-counts", c.hit + c.miss + c.coalesced,
+      `${fmtInt(c.hit)} / ${fmtInt(c.miss)} / ${fmtInt(c.coalesced)}`);
+    setNumber("cache-bypass", c.bypass, fmtInt(c.bypass));
+    setNumber("cache-saved", c.saved_usd, "$" + c.saved_usd.toFixed(6));
+  }
+
   function render(s) {
     const t = s.totals;
     $("node-id").textContent = s.node_id;
@@ -121,6 +160,9 @@
       cell(tr, fmtInt(p.count), "num");
       cell(tr, p.nodes, "num");
     }, "no providers");
+
+    renderLanes(s.lanes);
+    renderCache(s.cache);
 
     fill("keys", s.keys, (tr, k) => {
       cell(tr, k.key_id);

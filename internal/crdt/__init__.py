@@ -5,8 +5,8 @@
 - :class:`EscrowCounter` bounded counter: nodes spend only rights they hold
 """
 
-from internal.crdt.escrow import EscrowCounter
-from internal.crdt.gcounter import GCounter
-from internal.crdt.pncounter import PNCounter, PNSlot
+from gatekeeper.internal.crdt.escrow import EscrowCounter
+from gatekeeper.internal.crdt.gcounter import GCounter
+from gatekeeper.internal.crdt.pncounter import PNCounter, PNSlot
 
 __all__ = ["EscrowCounter", "GCounter", "PNCounter", "PNSlot"]

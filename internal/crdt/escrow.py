@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 import orjson
 
-from internal.crdt.gcounter import GCounter
+from gatekeeper.internal.crdt.gcounter import GCounter
 
 
 class EscrowCounter:
@@ -86,6 +86,22 @@ class EscrowCounter:
             return False
         self._out.setdefault(src, GCounter()).increment(dst, n)
         return True
+
+    def sent(self, src: str, dst: str) -> int:
+        """Rights ``src`` has handed to ``dst`` in all (grow-only)."""
+        row = self._out.get(src)
+        return 0 if row is None else row.slot(dst)
+
+    def merge_transfer(self, src: str, dst: str, cumulative: int) -> bool:
+        """Learn that ``src`` has handed ``dst`` ``cumulative`` rights in all (max-merge).
+
+        What a transfer message carries: replaying it, or an older one, changes nothing.
+        """
+        if cumulative < 0:
+            raise ValueError(f"transfer totals are >= 0, got {cumulative}")
+        if src == dst or cumulative <= self.sent(src, dst):
+            return False
+        return self._out.setdefault(src, GCounter()).merge_in(GCounter({dst: cumulative}))
 
     def merge_in(self, other: EscrowCounter) -> bool:
         """Merge ``other`` in place (per-entry max); True if anything grew."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from internal.crdt.gcounter import GCounter
+from gatekeeper.internal.crdt.gcounter import GCounter
 
 
 @dataclass(frozen=True, slots=True)

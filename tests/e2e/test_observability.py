@@ -7,12 +7,15 @@ The dashboard test drives the page in headless Chromium over the DevTools protoc
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import ClientConnection, connect
 
+from gatekeeper.auth.claims import CacheClaim
 from tests.conftest import anthropic_provider, openai_provider
 from tests.harness.behavior import Behavior
 from tests.harness.fake_anthropic import FakeAnthropic
@@ -82,6 +86,50 @@ def admin_gateway(
         server={"admin_token": ADMIN},
         env={"GATEKEEPER_METRICS_BUDGET_KEYS": "5"},
     )
+
+
+@pytest.fixture
+def capacity_gateway(
+    start_gateway: Callable[..., GatewayProcess], fake_openai: FakeOpenAI, tmp_path: Path
+) -> GatewayProcess:
+    """One slot, no batch queue, the result cache on: panels with something to show."""
+    secret = tmp_path / "cache.secret"
+    secret.write_bytes(b"k" * 32)
+    secret.chmod(0o600)
+    return start_gateway(
+        providers=[openai_provider("openai", fake_openai)],
+        models=[chat_model("gpt-4o-mini", "openai")],
+        server={"admin_token": ADMIN},
+        capacity={"max_in_flight": 1, "lanes": {"batch": {"queue": 0}}},
+        cache={"enabled": True, "key_secret_file": str(secret)},
+    )
+
+
+@contextlib.contextmanager
+def queued_and_shed(gw: GatewayProcess, issuer: Issuer, fake: FakeOpenAI) -> Iterator[list[str]]:
+    """A cache MISS and HIT, then, while yielded, the slot held, one standard request
+    queued and one batch request shed (429 lane_queue_full). Yields the cache states."""
+    cached = issuer.token(cache=CacheClaim(ttl_s=60))
+    states = [chat(gw, cached, temperature=0).headers["x-gatekeeper-cache"] for _ in range(2)]
+    hold = threading.Event()
+    fake.script.default = Behavior(hold=hold)
+    standard = issuer.token()
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            running = pool.submit(chat, gw, standard)
+            wait_for(lambda: len(fake.script.requests) == 2, what="the slot taken")
+            waiting = pool.submit(chat, gw, standard)
+            wait_for(
+                lambda: metric_sum(scrape(gw), "gatekeeper_lane_queue_depth") == 1,
+                what="one request queued",
+            )
+            shed = chat(gw, issuer.token(priority="batch"))
+            assert shed.status_code == 429
+            assert shed.json()["error"]["code"] == "lane_queue_full"
+            yield states
+        finally:
+            hold.set()
+        assert running.result().status_code == waiting.result().status_code == 200
 
 
 class TestMetricsEndpoint:
@@ -233,6 +281,39 @@ class TestDashboardAccess:
         assert [r["request_id"] for r in snap["routes"]] == ["dash-1"]
         assert snap["providers"][0]["provider"] == "openai"
         assert snap["keys"][0]["tenant"] == "acme"
+
+
+class TestCapacityPanels:
+    def test_snapshot_has_lane_queues_sheds_and_cache_ratio(
+        self, capacity_gateway: GatewayProcess, issuer: Issuer, fake_openai: FakeOpenAI
+    ) -> None:
+        """The panels' JSON: what is queued now, what was shed, the cache's hits and savings."""
+        with queued_and_shed(capacity_gateway, issuer, fake_openai) as states:
+            assert states == ["MISS", "HIT"]
+            snap = dashboard_snapshot(capacity_gateway)
+        lanes = {row["lane"]: row for row in snap["lanes"]["lanes"]}
+        assert snap["lanes"]["enabled"] is True
+        assert [lanes[n]["queued"] for n in ("critical", "standard", "batch")] == [0, 1, 0]
+        assert lanes["batch"]["shed"]["lane_queue_full"] == 1
+        assert sum(sum(row["shed"].values()) for row in lanes.values()) == 1
+        cache = snap["cache"]
+        assert cache["enabled"] is True
+        assert (cache["hit"], cache["miss"], cache["coalesced"]) == (1, 1, 0)
+        assert cache["bypass"] == 1  # the running request (no policy); queued and shed: not yet
+        assert cache["hit_ratio"] == 0.5
+        assert cache["saved_usd"] == pytest.approx(7 * 0.001 / 1000 + 5 * 0.002 / 1000)
+        text = scrape(capacity_gateway)  # the same numbers as /metrics
+        assert metric_sum(text, "gatekeeper_cache_saved_usd_total") == cache["saved_usd"]
+        assert metric_sum(text, "gatekeeper_lane_shed_total", lane="batch") == 1
+
+    def test_with_lanes_and_cache_off_the_panels_say_so(
+        self, admin_gateway: GatewayProcess, issuer: Issuer
+    ) -> None:
+        assert chat(admin_gateway, issuer.token()).is_success
+        snap = dashboard_snapshot(admin_gateway)
+        assert snap["lanes"]["enabled"] is False and snap["cache"]["enabled"] is False
+        assert all(row["queued"] == 0 for row in snap["lanes"]["lanes"])
+        assert snap["cache"]["hit"] == snap["cache"]["miss"] == 0
 
 
 # ---------------------------------------------------------------------- logs
@@ -391,6 +472,8 @@ class Browser:
 def browser(tmp_path: Path) -> Iterator[Browser]:
     binary = chromium()
     if binary is None:
+        if os.environ.get("GATEKEEPER_REQUIRE_BROWSER"):  # .ci/run sets it once Chromium is in
+            pytest.fail("GATEKEEPER_REQUIRE_BROWSER is set but no Chromium was found")
         pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it")
     process = Chromium(binary, tmp_path / "chromium-profile")
     try:
@@ -456,3 +539,40 @@ class TestDashboardInBrowser:
         wait_for(lambda: browser.number("requests-total") == total, 10, f"the page to show {total}")
         assert metric_sum(scrape(admin_gateway), "gatekeeper_requests_total") == total
         browser.screenshot(ARTIFACTS / "dashboard.png")
+
+    def test_lane_and_cache_panels_show_queues_sheds_and_hits(
+        self,
+        capacity_gateway: GatewayProcess,
+        browser: Browser,
+        issuer: Issuer,
+        fake_openai: FakeOpenAI,
+    ) -> None:
+        """The lanes table shows what is queued and shed; the cache cards its hit ratio."""
+        browser.call("Page.navigate", url=f"{capacity_gateway.url}/dashboard?token={ADMIN}")
+        wait_for(
+            lambda: browser.evaluate("document.getElementById('status')?.textContent") == "live",
+            20,
+            "the page to go live",
+        )
+        assert browser.evaluate("document.querySelectorAll('#lanes tbody tr[data-lane]').length")
+        assert browser.number("cache-hit-ratio") == 0
+
+        def lane(name: str, key: str) -> float:
+            raw = browser.evaluate(
+                f'document.querySelector(\'#lanes tr[data-lane="{name}"] '
+                f"td[data-key=\"{key}\"]')?.dataset.value || ''"
+            )
+            return float(raw) if raw else -1.0
+
+        with queued_and_shed(capacity_gateway, issuer, fake_openai):
+            wait_for(lambda: lane("standard", "queued") == 1, 10, "a standard request queued")
+            wait_for(lambda: lane("batch", "lane_queue_full") == 1, 10, "a batch request shed")
+            assert lane("batch", "shed") == 1 and lane("critical", "queued") == 0
+            wait_for(lambda: browser.number("cache-hit-ratio") == 0.5, 10, "one hit in two")
+            assert browser.evaluate("document.getElementById('cache-hit-ratio').textContent") == (
+                "50.0 %"
+            )
+            assert browser.number("cache-saved") > 0
+            browser.screenshot(ARTIFACTS / "dashboard-capacity.png")
+        wait_for(lambda: lane("standard", "queued") == 0, 10, "the queue drained")
+        assert lane("batch", "lane_queue_full") == 1  # a count, not a gauge

@@ -125,8 +125,10 @@ class TestChat:
     def test_cut_stream_ends_with_an_error_not_a_silent_success(
         self, gateway: GatewayProcess, issuer: Issuer, fake_openai: FakeOpenAI
     ) -> None:
-        """An upstream that drops the connection mid-stream surfaces as an SDK error."""
-        fake_openai.script.push(Behavior(text="abcdefgh", chunks=4, cut_after_chunks=2))
+        """An upstream that drops the connection mid-stream, and again when asked to
+        continue (docs/failover.md), surfaces as an SDK error."""
+        cut = Behavior(text="abcdefgh", chunks=4, cut_after_chunks=2)
+        fake_openai.script.push(cut, cut)
         stream = client(gateway, issuer.token()).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "cut"}], stream=True
         )

@@ -22,7 +22,11 @@ on 127.0.0.1. ``POST /v1/messages`` answers as Anthropic does:
   the answer is one ``tool_use`` block with ``stop_reason: "tool_use"`` (streamed as
   ``input_json_delta`` fragments).
 * ``cut_after_chunks=N`` closes the TCP connection mid-body: after N deltas of a
-  stream (the chunked body is never terminated), or halfway through a JSON body.
+  stream (the chunked body is never terminated), or halfway through a JSON body;
+  ``stall_after_chunks=N`` sends nothing after N deltas (until the client goes);
+  ``error_after_chunks=N`` sends an ``overloaded_error`` event after N deltas.
+* ``resume_overlap``: a request ending in an assistant turn (a prefill) gets the rest
+  of ``text`` after it (``behavior.resumed_text``).
 * a client that goes away before a stream (or a delayed answer) is complete is
   counted in ``script.disconnects``.
 """
@@ -40,7 +44,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.harness.behavior import Behavior, Script
+from tests.harness.behavior import Behavior, Script, billed, resumed_text
+from tests.harness.fake_openai import stall
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -120,7 +125,7 @@ def _pieces(text: str, n: int) -> list[str]:
 def _message(body: dict[str, Any], b: Behavior) -> dict[str, Any]:
     tool = _tool_call(body, b.text)
     if tool is None:
-        content: list[dict[str, Any]] = [{"type": "text", "text": b.text}]
+        content: list[dict[str, Any]] = [{"type": "text", "text": resumed_text(b, body)}]
     else:
         tool_input = orjson.loads(tool[1])
         content = [
@@ -134,7 +139,7 @@ def _message(body: dict[str, Any], b: Behavior) -> dict[str, Any]:
         "model": body["model"],
         "stop_reason": "end_turn" if tool is None else "tool_use",
         "stop_sequence": None,
-        "usage": {"input_tokens": b.prompt_tokens, "output_tokens": b.completion_tokens},
+        "usage": dict(zip(("input_tokens", "output_tokens"), billed(b, body), strict=True)),
     }
 
 
@@ -151,8 +156,8 @@ def _opening_block(
         pieces = _pieces(orjson.dumps(block.pop("input")).decode(), b.chunks)
         block["input"] = {}
         return block, [{"type": "input_json_delta", "partial_json": p} for p in pieces]
-    block["text"] = ""
-    return block, [{"type": "text_delta", "text": p} for p in _pieces(b.text, b.chunks)]
+    text, block["text"] = block["text"], ""
+    return block, [{"type": "text_delta", "text": p} for p in _pieces(text, b.chunks)]
 
 
 def event_sequence(
@@ -176,7 +181,7 @@ def event_sequence(
         for d in deltas
     ]
     stop = {"stop_reason": message["stop_reason"], "stop_sequence": None}
-    usage = {"output_tokens": b.completion_tokens}
+    usage = {"output_tokens": billed(b, body)[1]}
     tail = [
         _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
         _event("message_delta", {"type": "message_delta", "delta": stop, "usage": usage}),
@@ -253,6 +258,8 @@ class FakeAnthropic:
             return rejected
         headers = {k.lower(): v for k, v in request.headers.items()}
         b = self.script.next(body, headers)
+        while b.hold is not None and not b.hold.is_set():  # noqa: ASYNC110 (set by a thread)
+            await asyncio.sleep(0.005)
         if b.first_byte_delay:
             await asyncio.sleep(b.first_byte_delay)
         if request.transport is None or request.transport.is_closing():
@@ -297,6 +304,14 @@ class FakeAnthropic:
             for sent, delta in enumerate(deltas):
                 if b.cut_after_chunks is not None and sent >= b.cut_after_chunks:
                     _cut(request)
+                    return resp
+                if b.error_after_chunks is not None and sent >= b.error_after_chunks:
+                    err = {"type": "overloaded_error", "message": "Overloaded"}
+                    await resp.write(_event("error", {"type": "error", "error": err}))
+                    await resp.write_eof()
+                    return resp
+                if b.stall_after_chunks is not None and sent >= b.stall_after_chunks:
+                    await stall(request)
                     return resp
                 if sent and b.chunk_delay:
                     await asyncio.sleep(b.chunk_delay)

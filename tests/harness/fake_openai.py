@@ -2,7 +2,8 @@
 
 Speaks the real wire format: chat completions (JSON and SSE with ``data: [DONE]``,
 usage chunk when ``stream_options.include_usage``), embeddings, OpenAI error bodies,
-``Retry-After``, slow first bytes, paced chunks and connections cut mid-stream.
+``Retry-After``, slow first bytes, paced chunks, and streams that are cut, stall or
+carry an error event after N pieces (``Behavior``); resumed requests (``resume_overlap``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.harness.behavior import Behavior, Script
+from tests.harness.behavior import Behavior, Script, billed, reply_text
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -44,8 +45,29 @@ def _error(b: Behavior) -> web.Response:
     )
 
 
-def _completion(model: str, b: Behavior) -> dict[str, Any]:
-    return {
+def _tool_call(body: dict[str, Any], text: str) -> tuple[str, str] | None:
+    """``(name, arguments)`` when ``text`` reads ``TOOL:<name> <json>`` and tools were sent.
+
+    The same convention as ``fake_anthropic``: the answer is then one tool call.
+    """
+    tools = body.get("tools")
+    if not text.startswith("TOOL:") or not isinstance(tools, list) or not tools:
+        return None
+    name, _, arguments = text[5:].strip().partition(" ")
+    first = tools[0].get("function", {}).get("name", "tool") if isinstance(tools[0], dict) else ""
+    return name or str(first), arguments.strip() or "{}"
+
+
+def _completion(model: str, b: Behavior, body: dict[str, Any]) -> dict[str, Any]:
+    prompt, completion = billed(b, body)
+    tool = _tool_call(body, b.text)
+    message: dict[str, Any] = {"role": "assistant", "content": reply_text(b, body)}
+    if tool is not None:
+        function = {"name": tool[0], "arguments": tool[1]}
+        message = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_fake1", "type": "function", "function": function}
+        ]}  # fmt: skip
+    reply: dict[str, Any] = {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -54,23 +76,59 @@ def _completion(model: str, b: Behavior) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": b.text},
+                "message": message,
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": "stop" if tool is None else "tool_calls",
             }
         ],
         "usage": {
-            "prompt_tokens": b.prompt_tokens,
-            "completion_tokens": b.completion_tokens,
-            "total_tokens": b.prompt_tokens + b.completion_tokens,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
         },
     }
+    if b.omit_usage:
+        del reply["usage"]
+    return reply
+
+
+def _vector(dims: int) -> list[float]:
+    """A realistic-looking unit-scale vector (about 20 bytes of JSON per float)."""
+    return [((j * 7919) % 20011) / 20011 - 0.5 for j in range(dims)]
 
 
 def _pieces(text: str, n: int) -> list[str]:
     n = max(1, n)
     step = max(1, -(-len(text) // n))
     return [text[i : i + step] for i in range(0, len(text), step)] or [""]
+
+
+async def _broken(request: web.Request, resp: web.StreamResponse, b: Behavior, sent: int) -> bool:
+    """Before piece ``sent``: cut, stall or send an error event as ``b`` says (True: done)."""
+    assert request.transport is not None
+    if b.cut_after_chunks is not None and sent >= b.cut_after_chunks:
+        request.transport.abort()
+        return True
+    if b.error_after_chunks is not None and sent >= b.error_after_chunks:
+        err = {"error": {"message": "scripted overload", "type": "server_error", "code": None}}
+        await resp.write(b"data: " + orjson.dumps(err) + b"\n\n")
+        await resp.write_eof()
+        return True
+    if b.stall_after_chunks is not None and sent >= b.stall_after_chunks:
+        await stall(request)
+        return True
+    return False
+
+
+async def stall(request: web.Request, limit_s: float = 10.0) -> None:
+    """Send nothing until the client closes the connection (at most ``limit_s``)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + limit_s
+    while request.transport is not None and not request.transport.is_closing():
+        if loop.time() > until:
+            request.transport.abort()
+            return
+        await asyncio.sleep(0.02)
 
 
 class FakeOpenAI:
@@ -96,6 +154,8 @@ class FakeOpenAI:
             return _error(Behavior(status=401, error_message="Incorrect API key provided"))
         body = orjson.loads(await request.read())
         b = self.script.next(body, dict(request.headers))
+        while b.hold is not None and not b.hold.is_set():  # noqa: ASYNC110 (set by a thread)
+            await asyncio.sleep(0.005)
         if b.first_byte_delay:
             await asyncio.sleep(b.first_byte_delay)
         return body, b
@@ -109,7 +169,7 @@ class FakeOpenAI:
             return _error(b)
         if not body.get("stream"):
             return web.Response(
-                body=orjson.dumps(_completion(body["model"], b)),
+                body=orjson.dumps(_completion(body["model"], b, body)),
                 content_type="application/json",
                 headers=b.extra_headers,
             )
@@ -148,10 +208,14 @@ class FakeOpenAI:
                     ]
                 )
             )
-            for i, piece in enumerate(_pieces(b.text, b.chunks)):
-                if b.cut_after_chunks is not None and i >= b.cut_after_chunks:
-                    assert request.transport is not None
-                    request.transport.abort()
+            tool = _tool_call(body, b.text)
+            if tool is not None:  # one call: id and name first, then argument fragments
+                await self._stream_tool(request, resp, event, tool, b)
+                await resp.write(b"data: [DONE]\n\n")
+                await resp.write_eof()
+                return resp
+            for i, piece in enumerate(_pieces(reply_text(b, body), b.chunks)):
+                if await _broken(request, resp, b, i):
                     return resp
                 if b.chunk_delay:
                     await asyncio.sleep(b.chunk_delay)
@@ -159,14 +223,17 @@ class FakeOpenAI:
                     event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
                 )
             await resp.write(event([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
-            if usage:
+            if usage and not b.omit_usage:
+                prompt, completion = billed(b, body)
+                if b.chunk_delay:
+                    await asyncio.sleep(b.chunk_delay)
                 await resp.write(
                     event(
                         [],
                         usage={
-                            "prompt_tokens": b.prompt_tokens,
-                            "completion_tokens": b.completion_tokens,
-                            "total_tokens": b.prompt_tokens + b.completion_tokens,
+                            "prompt_tokens": prompt,
+                            "completion_tokens": completion,
+                            "total_tokens": prompt + completion,
                         },
                     )
                 )
@@ -177,6 +244,26 @@ class FakeOpenAI:
             raise
         return resp
 
+    @staticmethod
+    async def _stream_tool(
+        request: web.Request,
+        resp: web.StreamResponse,
+        event: Any,
+        tool: tuple[str, str],
+        b: Behavior,
+    ) -> None:
+        head = {"index": 0, "id": "call_fake1", "type": "function"}
+        opening = {**head, "function": {"name": tool[0], "arguments": ""}}
+        await resp.write(event([{"index": 0, "delta": {"tool_calls": [opening]}}]))
+        for i, piece in enumerate(_pieces(tool[1], b.chunks)):
+            if await _broken(request, resp, b, i):
+                return
+            frag = {"index": 0, "function": {"arguments": piece}}
+            await resp.write(event([{"index": 0, "delta": {"tool_calls": [frag]}}]))
+        await resp.write(event([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]))
+        usage = {"prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens}
+        await resp.write(event([], usage={**usage, "total_tokens": sum(usage.values())}))
+
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         got = await self._read(request)
         if isinstance(got, web.Response):
@@ -185,9 +272,11 @@ class FakeOpenAI:
         if b.status != 200:
             return _error(b)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        dims = body.get("dimensions")  # honoured like the real API: big replies on demand
+        # honoured up to 8,192 (the largest real model has 3,072)
+        vector = _vector(dims) if isinstance(dims, int) and 0 < dims <= 8192 else [0.1, 0.2, 0.3]
         data = [
-            {"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
-            for i, _ in enumerate(inputs)
+            {"object": "embedding", "index": i, "embedding": vector} for i, _ in enumerate(inputs)
         ]
         return web.Response(
             body=orjson.dumps(
@@ -195,7 +284,16 @@ class FakeOpenAI:
                     "object": "list",
                     "data": data,
                     "model": body["model"],
-                    "usage": {"prompt_tokens": b.prompt_tokens, "total_tokens": b.prompt_tokens},
+                    **(
+                        {}
+                        if b.omit_usage
+                        else {
+                            "usage": {
+                                "prompt_tokens": b.prompt_tokens,
+                                "total_tokens": b.prompt_tokens,
+                            }
+                        }
+                    ),
                 }
             ),
             content_type="application/json",

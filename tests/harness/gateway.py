@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -15,22 +16,34 @@ import httpx
 import yaml
 
 from gatekeeper.auth.keyfiles import init_keys, load_secret_key, mint
+from gatekeeper.auth.node_key import load_or_create_node_key, node_public_key_text
 from gatekeeper.bus.embedded import free_port
+from gatekeeper.bus.natsauth import PASSWORD_ENV, USER_ENV, split_userinfo
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
 class Issuer:
-    """A test issuer key pair; mints tokens the gateway under test trusts."""
+    """A test issuer key pair; mints tokens the gateway under test trusts.
+
+    Also holds the test cluster's operator key (``operator.key``): every test gateway
+    trusts it and may register itself with it (``control:`` in ``base_config``).
+    """
 
     directory: Path
     public: str = ""
+    operator_public: str = ""
 
     def __post_init__(self) -> None:
         if not (self.directory / "issuer.key").exists():
             init_keys(self.directory)
         self.public = (self.directory / "issuer.pub").read_text().strip()
+        self.operator_public = node_public_key_text(load_or_create_node_key(self.operator_key))
+
+    @property
+    def operator_key(self) -> Path:
+        return self.directory / "operator.key"
 
     def token(self, tenant: str = "acme", **claims: Any) -> str:
         return mint(load_secret_key(self.directory / "issuer.key"), tenant=tenant, **claims)
@@ -53,6 +66,10 @@ def base_config(
         ],
         "demo": "off",
         "auth": {"issuers": [issuer.public]},
+        "control": {
+            "operator_keys": [issuer.operator_public],
+            "operator_key_file": str(issuer.operator_key),
+        },
         "audit": {"spool_dir": str(state / "spool")},
         "state_dir": str(state),
     }
@@ -115,10 +132,12 @@ class GatewayProcess:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    tls_ca: str | None = None  # PEM of the CA that signed server.tls.cert_file: HTTPS
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls_ca else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -132,6 +151,10 @@ class GatewayProcess:
         cfg_path.write_text(yaml.safe_dump(self.config))
         self.log_path = self.workdir / f"gateway-{self.port}.log"
         env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+        # NATS credentials by env, not on the gateway's argv (as a deployment does)
+        nats_url, user, password = split_userinfo(self.nats_url)
+        if user:
+            env.update({USER_ENV: user, PASSWORD_ENV: password})
         env.update({"GATEKEEPER_LOG_FORMAT": "json", **self.env})
         cmd = [
             sys.executable,
@@ -143,7 +166,7 @@ class GatewayProcess:
             "--port",
             str(self.port),
             "--nats-url",
-            self.nats_url,
+            nats_url,
             "--workers",
             str(self.workers),
         ]
@@ -160,7 +183,10 @@ class GatewayProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited ({self.proc.returncode}):\n{self.logs()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                verify: Any = True
+                if self.tls_ca:
+                    verify = ssl.create_default_context(cafile=self.tls_ca)
+                if httpx.get(f"{self.url}/readyz", timeout=1, verify=verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

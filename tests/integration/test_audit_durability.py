@@ -166,19 +166,9 @@ def gatekeeper_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProce
 
 
 def verify(nats_url: str, file: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``gatekeeper audit verify``, with node keys from BH_CONFIG.
-
-    Run again (once) if its only complaint is ``unknown_node_key``: the CLI lists the
-    keys with a nats-py KV watch whose "initial values done" marker can come before
-    the values (seen once in many runs); that is a key lookup flake, not the trail's.
-    """
+    """``gatekeeper audit verify``, with node keys from BH_CONFIG."""
     extra = ["--file", str(file)] if file else []
-    result = gatekeeper_cli("audit", "verify", *extra, "--nats-url", nats_url)
-    kinds = {line.split()[0] for line in result.stdout.splitlines()[1:]} - {"node"}
-    if kinds == {"unknown_node_key"}:
-        print(f"\naudit verify could not list the node keys; again:\n{result.stdout}")
-        result = gatekeeper_cli("audit", "verify", *extra, "--nats-url", nats_url)
-    return result
+    return gatekeeper_cli("audit", "verify", *extra, "--nats-url", nats_url)
 
 
 def verify_after_failure(nats_url: str, in_flight: int) -> int:
@@ -188,9 +178,14 @@ def verify_after_failure(nats_url: str, in_flight: int) -> int:
     intact. Records in flight when the connection died may land out of order (the
     known limit in the module docstring), at most one per client waiting then.
     """
-    result = verify(nats_url)
-    lines = result.stdout.splitlines()[1:]
-    kinds = Counter(line.split()[0] for line in lines if line.split()[0] != "node")
+    deadline = time.monotonic() + 15
+    while True:  # the last requests' records (499s of clients cut by the load's end) may
+        result = verify(nats_url)  # still be on their way: a gap must close, or it is a loss
+        lines = result.stdout.splitlines()[1:]
+        kinds = Counter(line.split()[0] for line in lines if line.split()[0] != "node")
+        if "gap" not in kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert set(kinds) <= {"out_of_order"}, result.stdout + result.stderr
     assert kinds["out_of_order"] <= in_flight, result.stdout
     assert (result.returncode == 0) == (not kinds), result.stdout + result.stderr
@@ -271,7 +266,8 @@ class TestOneRecordPerRequest:
     def test_each_request_has_exactly_one_record_without_text(
         self, gateway: GatewayProcess, nats_server: EmbeddedNats, issuer: Issuer
     ) -> None:
-        """50 mixed requests (200, streamed 200, 404, 401): one record each, no text."""
+        """50 mixed requests (200, streamed 200, 404, 401): one record per authenticated
+        request, no text; the 10 tokenless ones are one summary record, written at stop."""
         token = issuer.token()
         kinds: list[dict[str, Any]] = (
             [{}] * 20
@@ -289,14 +285,20 @@ class TestOneRecordPerRequest:
         assert [s.status for s, _ in seen] == [e for _, e in seen]
         assert all(s.complete and s.request_id for s, _ in seen)
         assert len({s.request_id for s, _ in seen}) == 50
+        assert gateway.terminate() == 0
 
         raw = read_audit(nats_server.url)
         recs = [json.loads(data) for data in raw]
-        assert len(recs) == 50
-        assert_one_record_each([s for s, _ in seen], recs)
+        assert len(recs) == 41
+        assert_one_record_each([s for s, _ in seen[:40]], recs)
+        summary = recs[-1]
+        assert summary["tenant"] == "_anonymous" and summary["status"] == 401
+        assert summary["anonymous"] == [
+            {"client": "127.0.0.1", "reason": "invalid_api_key", "count": 10}
+        ]
         streamed = {s.request_id for s, _ in seen[20:30]}
         assert {r["request_id"] for r in recs if r["stream"]} == streamed
-        assert [r["seq"] for r in recs] == list(range(1, 51))  # one node, in chain order
+        assert [r["seq"] for r in recs] == list(range(1, 42))  # one node, in chain order
         for data in raw:
             assert PROMPT.encode() not in data
             assert COMPLETION.encode() not in data

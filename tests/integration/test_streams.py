@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import httpx
 import nats
+import orjson
 import pytest
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError
@@ -69,7 +70,16 @@ class TestProvisioning:
         async def names(js: JetStreamContext) -> list[str]:
             return sorted(str(info.config.name) for info in await js.streams_info())
 
-        assert with_js(nats_server.url, names) == sorted([*STREAMS, "KV_BH_BUDGET", "KV_BH_CONFIG"])
+        kv = [
+            "KV_BH_BATCHES",
+            "KV_BH_BUDGET",
+            "KV_BH_CACHE",
+            "KV_BH_CONFIG",
+            "KV_BH_ESCROW",
+            "KV_BH_RESPONSES",
+        ]
+        kv += ["OBJ_BH_CACHE_OBJ", "OBJ_BH_FILES"]  # object stores: cache, Files API
+        assert with_js(nats_server.url, names) == sorted([*STREAMS, *kv])
 
     def test_bh_audit_keeps_everything(self, nats_server: EmbeddedNats) -> None:
         """BH_AUDIT: file storage, deny delete and purge, no rollup, dedup window >= 120 s."""
@@ -198,9 +208,9 @@ def node_keys(url: str, node_ids: set[str]) -> dict[str, bytes]:
     async def read(js: JetStreamContext) -> dict[str, bytes]:
         kv = await js.key_value(CONFIG_BUCKET)
         keys = {}
-        for node in node_ids:
-            entry = await kv.get(f"nodes.{node}.audit_key")
-            keys[node] = decode_public((entry.value or b"").decode())
+        for node in node_ids:  # the node's first registry entry (none of them rotates)
+            entry = await kv.get(f"nodes.{node}.key.1")
+            keys[node] = decode_public(orjson.loads(entry.value or b"{}")["body"]["pub"])
         return keys
 
     return with_js(url, read)

@@ -15,45 +15,8 @@ import pytest
 
 from gatekeeper.providers import h1
 from tests.harness.fake_openai import FakeOpenAI
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    """One request: (head, body), the body by its Content-Length."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return head, await reader.readexactly(length)
-
-
-def ok(body: bytes, *extra: bytes) -> bytes:
-    head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n" % len(body)
-    return head + b"".join(e + b"\r\n" for e in extra) + b"\r\n" + body
-
-
-class Server:
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.server: asyncio.Server | None = None
-
-    async def _on_connect(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            await self.handler(r, w)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            w.close()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
-
+from tests.harness.rawhttp import Handler, ok, read_request
+from tests.harness.rawhttp import RawServer as Server
 
 Serve = Callable[[Handler], Awaitable[Server]]
 
@@ -79,7 +42,7 @@ def pool_for(url: str, *, size: int = 4, read_s: float = 2.0) -> h1.Pool:
 
 
 async def post(pool: h1.Pool, body: bytes = b"{}") -> h1.Response:
-    return await pool.post(pool.head_prefix("/chat", {"content-type": "application/json"}), body)
+    return await pool.send(pool.head_prefix("/chat", {"content-type": "application/json"}), body)
 
 
 class TestRequests:
@@ -275,7 +238,7 @@ async def test_against_the_fake_openai_server() -> None:
         )
         body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
         for _ in range(3):
-            resp = await pool.post(prefix, body)
+            resp = await pool.send(prefix, body)
             assert resp.status == 200
             assert b'"chat.completion"' in await resp.read()
         assert pool._open == 1

@@ -21,17 +21,15 @@ from gatekeeper.audit import (
     Attempt,
     AuditChain,
     AuditRecord,
-    NodeKeyError,
     SealedRecord,
     canonical_bytes,
-    load_or_create_node_key,
-    node_public_key_text,
     record_hash,
     rfc3339_ms,
     verify_records,
     wire_bytes,
 )
 from gatekeeper.audit.record import MAX_TEXT
+from gatekeeper.auth.node_key import NodeKeyError, load_or_create_node_key, node_public_key_text
 from gatekeeper.auth.paserk import decode_public, pid
 from gatekeeper.auth.paseto import b64decode
 
@@ -41,7 +39,9 @@ WIRE_FIELDS = {
     "v", "request_id", "ts", "node_id", "tenant", "key_id", "requested_model",
     "served_model", "provider", "routing_mode", "route_reason", "stream", "status",
     "error_code", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd",
-    "latency_ms", "ttft_ms", "attempts", "seq", "prev", "sig_kid", "hash", "sig",
+    "latency_ms", "ttft_ms", "attempts", "usage_source", "client_api", "upstream_wire",
+    "seq", "prev", "sig_kid",
+    "hash", "sig",
 }  # fmt: skip
 
 

@@ -111,7 +111,7 @@ class TestUntouchedExport:
         later = [r for r in export.records if r["seq"] > 3]
         assert verify(later, export.keys).ok
         strict = verify(later, export.keys, require_genesis=True)
-        assert strict.kinds == {"gap"} and len(strict.issues) == len(NODES)
+        assert strict.kinds == {"cut_head"} and len(strict.issues) == len(NODES)
 
 
 class TestTampering:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gatekeeper.errors import ProviderError, ProviderTimeout, ProviderUnavailable
+from gatekeeper.errors import ProviderError, ProviderTimeout, ProviderUnavailable, UpstreamBusy
 from gatekeeper.providers.base import Call, Reply, ReplyStream, Usage
 from gatekeeper.providers.failover import Attempt, Breaker, FailoverPolicy
 from gatekeeper.providers.pool import ProviderPool
@@ -184,35 +184,35 @@ def pool(*providers: FakeProvider, **kw: object) -> ProviderPool:
 
 class TestPoolBackoff:
     async def test_a_retry_on_the_same_provider_waits_for_retry_after(self) -> None:
-        """503 with Retry-After 0.3 s: the second try starts no sooner than 0.3 s later."""
-        a = FakeProvider("a", [unavailable(retry_after=0.3)])
-        served = await pool(a).chat((A, A), CALL, time.monotonic() + 5)
+        """503 with Retry-After 0.3 s: the second try waits 0.3 s first."""
+        a, sleep = FakeProvider("a", [unavailable(retry_after=0.3)]), Sleeps()
+        served = await pool(a, sleep=sleep).chat((A, A), CALL, time.monotonic() + 5)
         assert [x.status for x in served.attempts] == [None, 200]
-        assert a.calls[1] - a.calls[0] >= 0.3
+        assert sleep.waits == [0.3]
 
     async def test_retry_after_is_capped(self) -> None:
         """An upstream asking for 60 s is waited on only up to ``retry_after_cap_s``."""
-        a = FakeProvider("a", [unavailable(retry_after=60)])
+        a, sleep = FakeProvider("a", [unavailable(retry_after=60)]), Sleeps()
         policy = FailoverPolicy(retry_after_cap_s=0.05)
-        started = time.monotonic()
-        await pool(a, policy=policy).chat((A, A), CALL, started + 5)
-        assert 0.05 <= a.calls[1] - a.calls[0] < 1.0
+        await pool(a, policy=policy, sleep=sleep).chat((A, A), CALL, time.monotonic() + 5)
+        assert sleep.waits == [0.05]
+        assert len(a.calls) == 2
 
     async def test_another_provider_is_tried_at_once(self) -> None:
         """Failing over to a different provider does not wait for a's Retry-After."""
         a, b = FakeProvider("a", [unavailable(retry_after=5)]), FakeProvider("b")
-        started = time.monotonic()
-        served = await pool(a, b).chat((A, B), CALL, started + 10)
+        sleep = Sleeps()
+        served = await pool(a, b, sleep=sleep).chat((A, B), CALL, time.monotonic() + 10)
         assert served.model is B
-        assert time.monotonic() - started < 0.5
+        assert sleep.waits == []
 
     async def test_a_wait_past_the_deadline_is_not_taken(self) -> None:
         """Retry-After beyond the overall deadline: give up now with the upstream's error."""
-        a = FakeProvider("a", [unavailable(retry_after=3)])
-        started = time.monotonic()
+        a, sleep = FakeProvider("a", [unavailable(retry_after=3)]), Sleeps()
+        clock = FrozenClock(100.0)
         with pytest.raises(ProviderUnavailable) as caught:
-            await pool(a).chat((A, A), CALL, started + 1)
-        assert time.monotonic() - started < 0.5
+            await pool(a, clock=clock, sleep=sleep).chat((A, A), CALL, clock.now + 1)
+        assert sleep.waits == []  # no backoff taken: 3 s would end past the deadline
         assert len(a.calls) == 1
         assert caught.value.retry_after == 3
         assert caught.value.headers["retry-after"] == "3"
@@ -220,11 +220,31 @@ class TestPoolBackoff:
     async def test_the_overall_deadline_bounds_a_hanging_upstream(self) -> None:
         """A provider that never answers costs the remaining time, then a 504; no more tries."""
         a, b = FakeProvider("a", hang=True), FakeProvider("b")
-        started = time.monotonic()
+        clock = asyncio.get_running_loop().time  # the clock the timeout runs on
         with pytest.raises(ProviderTimeout, match="overall deadline reached"):
-            await pool(a, b).chat((A, B), CALL, started + 0.2)
-        assert 0.2 <= time.monotonic() - started < 1.0
-        assert b.calls == []
+            await pool(a, b, clock=clock).chat((A, B), CALL, clock() + 0.05)
+        assert len(a.calls) == 1
+        assert b.calls == []  # no time was left for it
+
+
+@dataclass
+class Sleeps:
+    """The pool's backoff waits, recorded instead of slept."""
+
+    waits: list[float] = field(default_factory=list)
+
+    async def __call__(self, delay: float) -> None:
+        self.waits.append(delay)
+
+
+@dataclass
+class FrozenClock:
+    """The pool's clock, standing still: deadlines are measured from ``now``."""
+
+    now: float
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class TestPoolBreakers:
@@ -310,3 +330,32 @@ class TestShouldFailOver:
         assert should_fail_over(ProviderError("x", upstream_status=401), only_429)
         assert should_fail_over(ProviderTimeout("x"), only_429)
         assert not should_fail_over(ProviderError("x", upstream_status=500), only_429)
+
+
+def busy() -> UpstreamBusy:
+    return UpstreamBusy("a: no free connection within 5 s", provider="a")
+
+
+class TestPoolWaitIsNotTheProvidersFault:
+    async def test_busy_attempts_never_open_the_breaker(self) -> None:
+        """However many pool-wait timeouts pile up, the breaker stays closed and the
+        health hook hears nothing of them; the request fails over to the next provider."""
+        a, b = FakeProvider("a", [busy()] * 10), FakeProvider("b", [])
+        hook = Hook()
+        p = pool(a, b, policy=POLICY, hook=hook)
+        for _ in range(10):
+            served = await p.chat((A, B), CALL, time.monotonic() + 5)
+            assert served.model is B
+            assert served.attempts[0].error == "upstream_busy"
+        assert p.breakers["a"].state == "closed" and p.breakers["a"].failures == 0
+        assert all(x.provider == "b" for x in hook.attempts)
+        assert hook.changes == []
+
+    async def test_a_busy_half_open_probe_lets_the_next_probe_go(self) -> None:
+        """A probe that met a full pool reported nothing about the provider."""
+        clock = Clock()
+        a = FakeProvider("a", [busy()])
+        p = pool(a, FakeProvider("b", []), policy=POLICY, clock=clock)
+        p.breakers["a"] = opened(at=clock.now - POLICY.breaker_reset_s)
+        await p.chat((A, B), CALL, clock.now + 5)
+        assert p.breakers["a"].state == "half_open" and p.breakers["a"].allow(clock.now)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from gatekeeper.budget.ledger import BudgetLedger, ReservationClosed
 from gatekeeper.budget.windows import counter_id, window_id
 from gatekeeper.errors import BudgetExceeded, RateLimited
-from internal.crdt import PNSlot
+from gatekeeper.internal.crdt import PNSlot
 
 NOW = datetime(2026, 11, 22, 14, 5, 30, tzinfo=UTC)
 TOK = counter_id("tok", "key1", window_id("day", NOW))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.kv import KeyValue
 
 from gatekeeper.bus.wire import AckSink, pub_command, supported
 
@@ -40,3 +41,13 @@ def test_ack_sink_forwards_every_message_and_never_completes() -> None:
         sink.set_result(Msg(Client(), subject="s", data=payload))
     assert seen == [b"1", b"2"]
     assert not sink.cancelled() and not sink.done()
+
+
+def test_nats_py_kv_handles_still_expose_their_bucket_and_jetstream_context() -> None:
+    """``kv_snapshot`` and ``ConfigWatcher`` read ``KeyValue._name`` and ``._js``."""
+    js = Client().jetstream()
+    kv = KeyValue(
+        name="BH_CONFIG", stream="KV_BH_CONFIG", pre="$KV.BH_CONFIG.", js=js, direct=False
+    )
+    assert kv._name == "BH_CONFIG" and kv._js is js
+    assert f"$KV.{kv._name}." == kv._pre  # the subject prefix the snapshot strips

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from internal.crdt import EscrowCounter, GCounter, PNCounter, PNSlot
+from gatekeeper.internal.crdt import EscrowCounter, GCounter, PNCounter, PNSlot
 
 NODES = ("a", "b", "c", "d")
 node_ids = st.sampled_from(NODES)

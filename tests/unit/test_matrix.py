@@ -7,14 +7,8 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.routing.matrix import (
-    ConfigError,
-    Matrix,
-    ModelSpec,
-    load_matrix,
-    parse_matrix,
-    parse_models,
-)
+from gatekeeper.errors import ConfigError
+from gatekeeper.routing.matrix import Matrix, ModelSpec, load_matrix, parse_matrix, parse_models
 from gatekeeper.routing.scorer import TASK_CLASSES
 
 MODELS_YAML = Path(__file__).resolve().parents[2] / "config" / "gatekeeper.yaml"

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 
 from gatekeeper.auth.claims import Budget, Claims
+from gatekeeper.exchange import Exchange
 from gatekeeper.observability.buffers import OTHER, BufferedCounter, BufferedHistogram, LabelLimit
 from gatekeeper.observability.dashboard import bearer_ok, newest, provider_health
 from gatekeeper.observability.keys import BudgetCollector, KeyTracker, key_row
@@ -24,9 +25,10 @@ from gatekeeper.observability.metrics import (
     prepare_multiprocess_dir,
     summarize,
 )
-from gatekeeper.pipeline import Exchange, RouteDecision
+from gatekeeper.observability.panels import cache_panel, lanes_panel
 from gatekeeper.providers.base import Usage
 from gatekeeper.providers.failover import Attempt, Breaker
+from gatekeeper.routing.decision import RouteDecision
 from gatekeeper.routing.matrix import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,6 +98,24 @@ class TestBuffers:
         c.inc(("x",))
         c.flush()
         assert value(generate_latest(reg), "c_total", a="x") == 4
+
+    def test_buffers_without_labels_flush_into_the_plain_instrument(self) -> None:
+        """gatekeeper_cache_saved_usd_total has no labels: its flush must not call labels()."""
+        reg = CollectorRegistry()
+        c = BufferedCounter(Counter("saved_total", "s", [], registry=reg))
+        h = BufferedHistogram(Histogram("h_seconds", "h", [], buckets=(1.0,), registry=reg), (1.0,))
+        c.inc((), 0.25)
+        c.inc((), 0.5)
+        h.observe((), 0.5)
+        c.flush()
+        h.flush()
+        assert value(generate_latest(reg), "saved_total") == 0.75
+        assert value(generate_latest(reg), "h_seconds_count") == 1
+
+    def test_a_cache_hit_saving_cost_renders(self) -> None:
+        m = Metrics()
+        m.cache_result("HIT", 0.125)
+        assert value(m.render(), "gatekeeper_cache_saved_usd_total") == 0.125
 
     def test_label_limit_keeps_the_first_values(self) -> None:
         limit = LabelLimit(2)
@@ -220,6 +240,66 @@ class TestPoolHook:
         totals = summarize(m.exposition().collect())
         assert totals["breakers"] == {"openai": 0, "anthropic": 1}
         assert totals["audit_spool_depth"] == 3
+
+
+class TestCapacityPanels:
+    def test_totals_carry_lane_queues_sheds_and_cache_outcomes(self) -> None:
+        """What the dashboard's capacity panels read, summed from the exposition."""
+        m = Metrics()
+        depths = {"critical": 0, "standard": 2, "batch": 5}
+        m.samplers.append(lambda: m.lane_depths(depths))
+        m.lane_shed("batch", "lane_queue_full")
+        m.lane_shed("batch", "lane_queue_full")
+        m.lane_shed("batch", "shed_for_priority")
+        m.lane_shed("standard", "queue_wait_exceeded")
+        for result, saved in (("HIT", 0.25), ("HIT", 0.5), ("MISS", 0.0), ("COALESCED", 0.125)):
+            m.cache_result(result, saved)
+        m.cache_result("BYPASS", 0.0)
+        totals = m.totals()  # runs the samplers: the depths as of now
+        assert totals["lane_depth"] == {"critical": 0, "standard": 2, "batch": 5}
+        assert totals["lane_shed"] == {
+            "batch": {"lane_queue_full": 2, "shed_for_priority": 1},
+            "standard": {"queue_wait_exceeded": 1},
+        }
+        assert totals["cache_results"] == {"HIT": 2, "MISS": 1, "COALESCED": 1, "BYPASS": 1}
+        assert totals["cache_saved_usd"] == pytest.approx(0.875)
+        depths["batch"] = 1
+        assert m.totals()["lane_depth"]["batch"] == 1
+
+    def test_lanes_panel_every_lane_and_reason_in_order(self) -> None:
+        panel = lanes_panel(
+            {"standard": 2.0, "batch": 5.0}, {"batch": {"lane_queue_full": 3.0}}, True
+        )
+        assert panel["enabled"] is True
+        assert panel["reasons"] == [
+            "lane_queue_full",
+            "queue_full",
+            "queue_wait_exceeded",
+            "shed_for_priority",
+        ]
+        assert [(r["lane"], r["queued"]) for r in panel["lanes"]] == [
+            ("critical", 0),
+            ("standard", 2),
+            ("batch", 5),
+        ]
+        assert panel["lanes"][2]["shed"] == dict.fromkeys(panel["reasons"], 0) | {
+            "lane_queue_full": 3
+        }
+        assert lanes_panel({}, {}, False)["enabled"] is False
+
+    def test_cache_panel_hit_ratio_and_saved_cost(self) -> None:
+        panel = cache_panel({"HIT": 3.0, "MISS": 4.0, "COALESCED": 1.0, "BYPASS": 9.0}, 0.5, True)
+        assert panel == {
+            "enabled": True,
+            "hit": 3,
+            "miss": 4,
+            "coalesced": 1,
+            "bypass": 9,
+            "hit_ratio": 0.375,  # 3 / (3 + 4 + 1): bypassed requests were never looked up
+            "saved_usd": 0.5,
+        }
+        assert cache_panel({"BYPASS": 2.0}, 0.0, True)["hit_ratio"] == 0.0
+        assert cache_panel({}, 0.0, False)["enabled"] is False
 
 
 class TestKeys:

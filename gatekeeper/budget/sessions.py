@@ -24,8 +24,9 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
 from gatekeeper.budget.ledger import BudgetLedger
-from gatekeeper.bus.streams import SESSIONS, subject_token
-from gatekeeper.pipeline import Exchange
+from gatekeeper.bus.streams import SESSIONS
+from gatekeeper.exchange import Exchange
+from gatekeeper.subjects import subject_token
 
 log = structlog.get_logger("gatekeeper.sessions")
 

@@ -1,0 +1,106 @@
+"""Cached answers on JetStream: KV ``BH_CACHE``, big payloads in Object Store ``BH_CACHE_OBJ``.
+
+Thin I/O around ``entry``: ``get`` returns a verified answer or ``None`` (absent,
+expired, forged, garbled, or NATS unavailable: every failure is a miss, never an
+error for the client); ``put`` never raises either (a cache that cannot store just
+does not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+import structlog
+from nacl.signing import SigningKey, VerifyKey
+from nats.errors import Error as NatsError
+from nats.js.errors import Error as JsError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from gatekeeper.cache.entry import CachedAnswer, EntryRejected, open_entry, seal_entry, split_value
+from gatekeeper.cache.index import KeyIndex
+
+log = structlog.get_logger("gatekeeper.cache")
+
+__all__ = ["CacheStore"]
+
+NATS_ERRORS = (NatsError, JsError, asyncio.TimeoutError, OSError)
+
+
+class CacheStore:
+    """Reads and writes signed entries; ``inline_max`` bytes and below stay in the KV value."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        objects: ObjectStore | None,
+        node_id: str,
+        signing_key: SigningKey,
+        keys_of: Callable[[str], Sequence[VerifyKey]],
+        *,
+        inline_max: int = 256 * 1024,
+        timeout_s: float = 0.5,
+        clock: Callable[[], float] = time.time,
+        on_rejected: Callable[[str], None] = lambda reason: None,
+        index: KeyIndex | None = None,
+    ) -> None:
+        self.kv, self.objects, self.node_id = kv, objects, node_id
+        self.signing_key, self.keys_of = signing_key, keys_of
+        self.inline_max, self.timeout_s, self.clock = inline_max, timeout_s, clock
+        self.on_rejected = on_rejected
+        self.index = index  # the bucket's keys known here (None: every lookup reads)
+
+    async def get(self, kv_key: str, tenant: str) -> CachedAnswer | None:
+        index = self.index
+        if index is not None and not index.may_hold(kv_key):
+            return None  # known not to be there: a miss without a round trip
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                entry = await self.kv.get(kv_key)
+                value = entry.value or b""
+                header, payload = split_value(value)
+                if not payload and header.get("size"):
+                    payload = await self._object(kv_key)
+            return open_entry(header, payload, kv_key, tenant, self.clock(), self.keys_of)
+        except EntryRejected as exc:
+            log.warning("cache.entry_rejected", key=kv_key[:80], reason=exc.reason)
+            self.on_rejected(exc.reason)
+            return None
+        except (KeyNotFoundError, KeyDeletedError):  # gone (deleted, expired, evicted): a miss
+            if index is not None:
+                index.gone(kv_key)
+            return None
+        except NATS_ERRORS:  # NATS away or slow: a miss
+            return None
+
+    async def _object(self, kv_key: str) -> bytes:
+        if self.objects is None:
+            raise EntryRejected("no_object_store")
+        result = await self.objects.get(kv_key)
+        return result.data or b""
+
+    async def put(self, kv_key: str, tenant: str, answer: CachedAnswer, ttl_s: float) -> bool:
+        try:
+            header, payload = seal_entry(
+                self.signing_key, self.node_id, kv_key, tenant, answer, self.clock() + ttl_s
+            )
+        except UnicodeDecodeError:
+            return False
+        try:
+            async with asyncio.timeout(self.timeout_s * 4):
+                if len(payload) <= self.inline_max:
+                    await self.kv.put(kv_key, header + b"\n" + payload)
+                elif self.objects is not None:
+                    await self.objects.put(kv_key, payload)
+                    await self.kv.put(kv_key, header + b"\n")
+                else:
+                    return False
+            if self.index is not None:
+                self.index.stored(kv_key)
+            return True
+        except NATS_ERRORS as exc:
+            log.info("cache.store_failed", key=kv_key[:80], error=type(exc).__name__)
+            return False

@@ -1,0 +1,108 @@
+"""The cache key index on a real nats-server: loaded, followed, and distrusted on reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+import nats
+from nacl.signing import SigningKey
+from nats.js.kv import KeyValue
+
+from gatekeeper.bus.embedded import EmbeddedNats
+from gatekeeper.bus.streams import CACHE_BUCKET, ensure_streams
+from gatekeeper.cache.entry import CachedAnswer
+from gatekeeper.cache.index import KeyIndex, watch_index
+from gatekeeper.cache.store import CacheStore
+from gatekeeper.providers.base import Usage
+
+
+async def until(check: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def bucket(url: str) -> AsyncIterator[KeyValue]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js)
+        yield await js.key_value(CACHE_BUCKET)
+    finally:
+        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def watching(kv: KeyValue, index: KeyIndex, reconnects: list[int]) -> AsyncIterator[None]:
+    task = asyncio.ensure_future(watch_index(kv, index, lambda: reconnects[0], check_every_s=0.05))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_the_index_loads_follows_and_restarts(nats_server: EmbeddedNats) -> None:
+    """Keys already there are loaded before it is trusted; another writer's put and delete
+    are followed; a reconnect makes it reload (untrusted meanwhile)."""
+    async with bucket(nats_server.url) as kv, bucket(nats_server.url) as other:
+        await kv.put("acme.m.old", b"{}\nx")
+        index = KeyIndex(100)
+        reconnects = [0]
+        async with watching(kv, index, reconnects):
+            await until(lambda: index.ready)
+            assert index.may_hold("acme.m.old") and not index.may_hold("acme.m.new")
+            await other.put("acme.m.new", b"{}\ny")  # another node stores an answer
+            await until(lambda: index.may_hold("acme.m.new"))
+            await other.delete("acme.m.old")
+            await until(lambda: not index.may_hold("acme.m.old"))
+            await other.purge("acme.m.new")
+            await until(lambda: not index.may_hold("acme.m.new"))
+            await other.put("acme.m.back", b"{}\nz")
+            await until(lambda: index.may_hold("acme.m.back"))
+            before = index.restarts
+            reconnects[0] = 1  # the client reconnected: the server may have lost the watch
+            await until(lambda: index.restarts > before and index.ready)  # a new watch, loaded
+            assert index.may_hold("acme.m.back") and not index.may_hold("acme.m.old")
+
+
+async def test_a_store_reads_only_what_may_be_there(nats_server: EmbeddedNats) -> None:
+    """With the index trusted, a key it lacks is a miss without a read (here: a value
+    planted behind the index's back is not even read); a key the bucket dropped without
+    telling watchers is read once, found missing, and then known to be gone; what this
+    store puts is known at once."""
+    key = SigningKey.generate()
+    async with bucket(nats_server.url) as kv:
+        index = KeyIndex(100)
+        store = CacheStore(kv, None, "n1", key, lambda node: (key.verify_key,), index=index)
+        index.caught_up()  # trusted and empty, no watch: only the store feeds it
+        answer = CachedAnswer("m", Usage(3, 2), body=b'{"ok": true}')
+        await kv.put("acme.m.planted", b"{}\ngarbage")  # unknown to the index
+        assert await store.get("acme.m.planted", "acme") is None
+        assert not index.may_hold("acme.m.planted")
+        assert await store.put("acme.m.k", "acme", answer, 60)
+        assert index.may_hold("acme.m.k")
+        got = await store.get("acme.m.k", "acme")
+        assert got is not None and got.body == answer.body
+        index.stored("acme.m.dropped")  # e.g. evicted by the bucket's size limit since
+        assert await store.get("acme.m.dropped", "acme") is None
+        assert not index.may_hold("acme.m.dropped")
+
+
+async def test_past_max_keys_the_index_is_not_trusted(nats_server: EmbeddedNats) -> None:
+    """Three keys, room for two: it never says a key is missing; one with room does."""
+    async with bucket(nats_server.url) as kv:
+        for n in range(3):
+            await kv.put(f"acme.m.{n}", b"{}\nx")
+        small, roomy = KeyIndex(2), KeyIndex(10)
+        async with watching(kv, small, [0]), watching(kv, roomy, [0]):
+            await until(lambda: roomy.ready and len(small) == 2)
+            await asyncio.sleep(0.2)  # the small one's watch is past its third key too
+            assert not small.ready and small.may_hold("acme.m.unknown")
+            assert not roomy.may_hold("acme.m.unknown")

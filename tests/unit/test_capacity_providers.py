@@ -1,0 +1,100 @@
+"""Per-provider limits: a provider slot, then the node's; every path gives both back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from gatekeeper.auth.claims import Claims
+from gatekeeper.budget.concurrency import ConcurrencyLimiter, Slot
+from gatekeeper.capacity.gate import CapacityGate
+from gatekeeper.capacityconfig import CapacityConfig, parse_capacity
+from gatekeeper.errors import ConfigError, GatewayError
+
+NOW = datetime.now(UTC)
+
+
+class Request:
+    headers: Mapping[str, str] = {}
+
+    async def receive(self) -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client never hangs up
+        return {"type": "http.disconnect"}
+
+
+def claims(n: int, tenant: str = "acme") -> Claims:
+    return Claims("i", f"k{n}", f"j{n}", NOW, NOW, NOW, tenant)  # type: ignore[arg-type]
+
+
+def gate(node: int, **providers: int) -> CapacityGate:
+    return CapacityGate(CapacityConfig(max_in_flight=node, providers=providers), 30.0)
+
+
+async def enter(g: CapacityGate, limiter: ConcurrencyLimiter, n: int, provider: str) -> Slot:
+    slot = limiter.acquire(claims(n), False)
+    waiting = g.enter(slot, claims(n), Request(), provider)  # type: ignore[arg-type]
+    if waiting is not None:
+        await waiting
+    return slot
+
+
+async def test_provider_limit_queues_while_the_node_has_room() -> None:
+    g, limiter = gate(4, slow=1), ConcurrencyLimiter()
+    first = await enter(g, limiter, 1, "slow")
+    other = await enter(g, limiter, 2, "fast")  # no limit of its own: the node's only
+    second = asyncio.ensure_future(enter(g, limiter, 3, "slow"))
+    await asyncio.sleep(0)
+    assert not second.done() and g.depths()["standard"] == 1
+    assert g.scheduler.in_flight == 2 and g.providers["slow"].scheduler.in_flight == 1
+    first.release()
+    (await second).release()
+    other.release()
+    assert g.scheduler.in_flight == 0 and g.providers["slow"].scheduler.in_flight == 0
+
+
+async def test_node_wait_holds_the_provider_slot_and_a_hang_up_gives_both_back() -> None:
+    g, limiter = gate(1, slow=2), ConcurrencyLimiter()
+    held = await enter(g, limiter, 1, "fast")
+    slot = limiter.acquire(claims(2), False)
+    waiting = g.enter(slot, claims(2), Request(), "slow")  # type: ignore[arg-type]
+    assert waiting is not None
+    task = asyncio.ensure_future(waiting)
+    await asyncio.sleep(0)
+    assert g.providers["slow"].scheduler.in_flight == 1 and g.depths()["standard"] == 1
+    task.cancel()  # the handler is cancelled while queued for the node
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    slot.release()  # what the pipeline's finally does
+    assert g.depths()["standard"] == 0 and g.providers["slow"].scheduler.in_flight == 0
+    held.release()
+    assert g.scheduler.in_flight == 0
+
+
+async def test_shed_by_a_full_provider_lane_is_a_429_holding_nothing() -> None:
+    cfg = parse_capacity({"max_in_flight": 8, "providers": {"slow": 1}, "lanes": {}})
+    cfg = CapacityConfig(
+        max_in_flight=8,
+        providers=cfg.providers,
+        lanes={n: type(lane)(queue=0) for n, lane in cfg.lanes.items()},
+    )
+    g, limiter = CapacityGate(cfg, 30.0), ConcurrencyLimiter()
+    held = await enter(g, limiter, 1, "slow")
+    with pytest.raises(GatewayError) as shed:
+        await enter(g, limiter, 2, "slow")
+    assert shed.value.status == 429
+    assert g.scheduler.in_flight == 1  # the node slot was never taken
+    held.release()
+    assert g.scheduler.in_flight == 0 and g.providers["slow"].scheduler.in_flight == 0
+
+
+def test_parse_providers() -> None:
+    cfg = parse_capacity({"max_in_flight": 8, "providers": {"openai": 3}})
+    assert cfg.providers == {"openai": 3}
+    with pytest.raises(ConfigError, match="needs capacity"):
+        parse_capacity({"providers": {"openai": 3}})
+    with pytest.raises(ConfigError, match=r"capacity\.providers"):
+        parse_capacity({"max_in_flight": 8, "providers": {"openai": 0}})
