@@ -9,6 +9,7 @@ import pytest
 from nats.js import api
 
 from gatekeeper.bus.embedded import EmbeddedNats
+from gatekeeper.bus.kv_snapshot import kv_snapshot
 from gatekeeper.bus.streams import CACHE_BUCKET, CACHE_OBJECTS, CacheBuckets, ensure_streams
 from gatekeeper.cache.policy import tenant_prefix
 from gatekeeper.cli import main
@@ -42,7 +43,7 @@ async def remaining(url: str) -> tuple[set[str], set[str]]:
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        keys = set(await (await js.key_value(CACHE_BUCKET)).keys())
+        keys = {i.key for i in await kv_snapshot(await js.key_value(CACHE_BUCKET))}
         listed = await (await js.object_store(CACHE_OBJECTS)).list(ignore_deletes=True)
         return keys, {o.name for o in listed}
     finally:
@@ -81,7 +82,7 @@ def test_bucket_is_bounded_and_evicts_the_oldest(nats_server: EmbeddedNats) -> N
             for n in range(40):  # 40 × 64 KiB: 2.5 MiB into a 1 MiB bucket
                 await kv.put(key("acme", "m", n), b"z" * 64 * 1024)
             info = await js.stream_info(f"KV_{CACHE_BUCKET}")
-            return info.config, await kv.keys(), info.state.bytes
+            return info.config, [i.key for i in await kv_snapshot(kv)], info.state.bytes
         finally:
             await nc.close()
 

@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from gatekeeper.auth.keyfiles import mint
 from gatekeeper.auth.paserk import encode_public, pid
 from gatekeeper.bus.embedded import EmbeddedNats
+from gatekeeper.bus.kv_snapshot import kv_snapshot
 from gatekeeper.bus.streams import ALERTS, BUDGET_BUCKET, CONFIG_BUCKET, ensure_streams
 from gatekeeper.control.envelope import seal
 from gatekeeper.control.node_events import sign_event
@@ -256,6 +257,33 @@ async def wait_value(kv: Any, key: str, within: float = 3.0) -> bytes:
         await asyncio.sleep(0.05)
 
 
+async def budget_counters(kv: Any, count: int, within: float = 10.0) -> list[str]:
+    """The token counters with a slot in BH_BUDGET, once there are ``count`` of them."""
+    deadline = time.monotonic() + within
+    while True:
+        keys = [i.key for i in await kv_snapshot(kv, "tok.>")]
+        counters = sorted({k.rsplit(".", 1)[0] for k in keys})
+        if len(counters) >= count:
+            assert len(counters) == count, counters
+            return counters
+        assert time.monotonic() < deadline, f"{len(counters)} of {count} counters gossiped"
+        await asyncio.sleep(0.1)
+
+
+async def wait_value_not_in(kv: Any, key: str, refused: set[bytes], within: float = 10.0) -> None:
+    """Until ``key`` holds a value other than the ``refused`` ones (put back)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            entry = await kv.get(key)
+            if entry.value and bytes(entry.value) not in refused:
+                return
+        except Exception:
+            pass
+        assert time.monotonic() < deadline, f"{key} was not put back"
+        await asyncio.sleep(0.05)
+
+
 # ---------------------------------------------------------------------- budget gossip
 
 
@@ -272,9 +300,7 @@ class TestForgedSlots:
             pass
         assert chat(a, victim).status_code == 200
         kv = await bus.kv(BUDGET_BUCKET)
-        await asyncio.sleep(0.3)
-        counters = sorted({k.rsplit(".", 1)[0] for k in await kv.keys() if k.startswith("tok.")})
-        assert len(counters) == 2
+        counters = await budget_counters(kv, 2)
         forged = []
         for cid in counters:
             for node in ("made-up", node_id(a), node_id(b)):  # a holds the genuine slots
@@ -298,7 +324,9 @@ class TestForgedSlots:
                 await asyncio.sleep(0.1)
         # the forgeries overwrote genuine slots in the bucket (history 1); the nodes put
         # the genuine ones back, so a node started now sees the spent budget too
-        await asyncio.sleep(1.2)
+        forged_values = {value for _, value in forged}
+        for cid in counters:
+            await wait_value_not_in(kv, f"{cid}.{node_id(a)}", forged_values)
         (late,) = start(start_gateway, fake_openai)
         assert chat(late, spent).status_code == 429
         assert chat(late, victim).status_code == 200
@@ -399,8 +427,7 @@ class TestForgedPeerEvents:
         token = issuer.token(budget_tokens=100, budget_period="total")
         assert chat(gw, token).status_code == 200
         kv = await bus.kv(BUDGET_BUCKET)
-        await asyncio.sleep(0.3)
-        cid = next(k for k in await kv.keys() if k.startswith("tok.")).rsplit(".", 1)[0]
+        (cid,) = await budget_counters(kv, 1)
         key_id = cid.split(".")[1]
         js = bus.nc.jetstream()
         for pct in (50, 80, 90, 100):
