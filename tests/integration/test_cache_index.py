@@ -106,3 +106,32 @@ async def test_past_max_keys_the_index_is_not_trusted(nats_server: EmbeddedNats)
             await asyncio.sleep(0.2)  # the small one's watch is past its third key too
             assert not small.ready and small.may_hold("acme.m.unknown")
             assert not roomy.may_hold("acme.m.unknown")
+
+
+class Watched(KeyIndex):
+    """A KeyIndex that notes, each time it becomes trusted, whether it held ``key``."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(100)
+        self.key = key
+        self.trusted_with: list[bool] = []
+
+    def caught_up(self) -> None:
+        super().caught_up()
+        if self.ready:
+            self.trusted_with.append(self.may_hold(self.key))
+
+
+async def test_it_is_never_trusted_before_the_keys_are_in(nats_server: EmbeddedNats) -> None:
+    """nats-py's "caught up" marker can come before the values (bus/kv_snapshot.py): an
+    index that believed it would call a stored key absent. Many fresh watches of a
+    one-key bucket: each time one becomes trusted, it already holds the key."""
+    async with bucket(nats_server.url) as kv:
+        await kv.put("acme.m.only", b"{}\nx")
+        seen: list[bool] = []
+        for _ in range(200):
+            index = Watched("acme.m.only")
+            async with watching(kv, index, [0]):
+                await until(lambda index=index: index.ready)
+            seen += index.trusted_with
+    assert seen and all(seen), f"trusted without the key {seen.count(False)} times"
