@@ -19,6 +19,7 @@ from gatekeeper.budget.charge import (
     reply_chars,
     reply_texts,
     stream_chars,
+    stream_text_bound,
     stream_texts,
     text_chars,
 )
@@ -97,7 +98,12 @@ def charge_stream(
         chars=lambda: stream_chars(state.payloads) + state.overflow,
         count_prompt=lambda: count_prompt(body, family),
         count_completion=lambda: count_text(texts(), family) + overflow,
+        text_bound=lambda: _plus(stream_text_bound(state.payloads), state.overflow),
     )
+
+
+def _plus(bound: int | None, extra: int) -> int | None:
+    return None if bound is None else bound + extra
 
 
 def charge_exchange(

@@ -15,12 +15,15 @@ would tie up a connection per abandoned stream for up to the request deadline; t
 cap costs nothing and cannot be gamed by hanging up just before the usage chunk.
 
 Believable: the completion is at most ``MAX_CHARS_PER_TOKEN`` characters per reported
-token, and the prompt is not reported as 0 tokens. A suspicious report is logged and
+token, and the prompt is not reported as 0 tokens. The text is measured only as far as
+needed: first the bytes received, then (streams) ``stream_text_bound`` without parsing,
+then the exact count. A suspicious report is logged and
 counted (``gatekeeper_usage_suspicious_total``) and charged as ``counted``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -55,16 +58,28 @@ class Charge:
         return Usage(self.prompt, self.completion)
 
 
-def believable(reported: Usage, chars_bound: int, chars: Callable[[], int]) -> bool:
+def believable(
+    reported: Usage,
+    chars_bound: int,
+    chars: Callable[[], int],
+    text_bound: Callable[[], int | None] | None = None,
+) -> bool:
     """Whether ``reported`` fits a reply of at most ``chars_bound`` characters.
 
-    ``chars`` (the exact text length, maybe costly) is only asked for when the
-    cheap bound does not already settle it.
+    ``text_bound`` (a tighter bound, or None when it cannot tell) and then ``chars``
+    (the exact text length, costlier) are only asked for when the cheaper bound does
+    not already settle it.
     """
     if reported.prompt_tokens <= 0:
         return False
     allowed = max(reported.completion_tokens, 0) * MAX_CHARS_PER_TOKEN
-    return chars_bound <= allowed or chars() <= allowed
+    if chars_bound <= allowed:
+        return True
+    if text_bound is not None:
+        bound = text_bound()
+        if bound is not None and bound <= allowed:
+            return True
+    return chars() <= allowed
 
 
 def decide_charge(
@@ -76,10 +91,11 @@ def decide_charge(
     chars: Callable[[], int],
     count_prompt: Callable[[], int],
     count_completion: Callable[[], int],
+    text_bound: Callable[[], int | None] | None = None,
 ) -> Charge:
     """The charge for one started upstream call; counting happens only when needed."""
     if reported is not None:
-        if believable(reported, chars_bound, chars):
+        if believable(reported, chars_bound, chars, text_bound):
             return Charge(reported.prompt_tokens, reported.completion_tokens, "upstream")
         prompt = max(reported.prompt_tokens, count_prompt(), 1)
         completion = max(reported.completion_tokens, count_completion())
@@ -187,6 +203,30 @@ def stream_texts(payloads: Sequence[bytes]) -> list[str]:
 
 
 _PLAIN_DELTA = frozenset({"role", "content", "refusal"})
+
+
+# A chunk's ``delta`` holding at most a role and plain content: no escapes (the caller
+# checks), so every key is its literal bytes and the content's bytes bound its characters.
+_PLAIN_DELTA_BYTES = re.compile(rb'"delta":\{(?:"role":"assistant",?)?(?:"content":"([^"\\]*)")?\}')
+
+
+def stream_text_bound(payloads: Sequence[bytes]) -> int | None:
+    """An upper bound of ``stream_chars(payloads)`` found without parsing, or None.
+
+    It applies when no payload has a backslash and every ``"delta"`` in them opens a
+    plain delta (``_PLAIN_DELTA_BYTES``). Then every ``delta`` key a JSON parser would
+    see is one of those bytes (a key without escapes is its literal bytes; a string
+    without escapes holds no quote), each delta's only text is its ``content``, and a
+    UTF-8 string has at least as many bytes as characters. Anything else (escapes, tool
+    calls, refusals, reasoning, whitespace) gives None: count exactly.
+    """
+    blob = b'"'.join(payloads)  # a quote ends any string at a payload's edge
+    if b"\\" in blob:
+        return None
+    found = _PLAIN_DELTA_BYTES.findall(blob)
+    if len(found) != blob.count(b'"delta"'):
+        return None
+    return sum(map(len, found))
 
 
 def stream_chars(payloads: Sequence[bytes]) -> int:

@@ -7,6 +7,8 @@ import orjson
 from gatekeeper.errors import GatewayError, StreamInterrupted, UpstreamTooLarge
 from gatekeeper.providers.base import CAPTURE_BYTES, StreamState, Usage
 
+_ERRORS = (b'{"error"', b'{"object":"error"')  # an error object instead of a chunk
+
 
 class OpenAIStreamFilter:
     """Feeds raw upstream bytes; returns the bytes to forward to the client.
@@ -42,16 +44,37 @@ class OpenAIStreamFilter:
         self._buf = rest = buf[end + 2 :]
         if len(rest) > self.max_event:
             self._check(rest)
-        out = []
-        kept = len(self.state.payloads)
-        try:
-            for event in buf[: end + 2].split(b"\n\n"):
-                if event and self._keep(event):
-                    out.append(event + b"\n\n")
+        state = self.state
+        payloads = state.payloads
+        kept = len(payloads)
+        out: list[bytes] = []
+        try:  # one pass per read, no call per event: this runs for every chunk of every stream
+            for event in buf[:end].split(b"\n\n"):
+                if not event.startswith(b"data:"):
+                    if event and not event.startswith(b":"):  # comments, keep-alives: dropped
+                        out.append(event)
+                    continue
+                payload = event[5:].strip()
+                if payload == b"[DONE]":
+                    state.completed = True
+                    continue
+                if payload.startswith(_ERRORS):
+                    raise StreamInterrupted(
+                        "the upstream sent an error event mid-stream", code="upstream_stream_error"
+                    )
+                state.chunks += 1
+                size = len(payload)  # StreamState.keep, inlined
+                if state.captured + size <= CAPTURE_BYTES:
+                    payloads.append(payload)
+                    state.captured += size
+                else:
+                    state.overflow += size
+                if b'"usage"' not in payload or self._usage(payload):
+                    out.append(event)
         except StreamInterrupted:  # the events before it are not forwarded: not kept either
-            self.state.forget(kept)
+            state.forget(kept)
             raise
-        return b"".join(out)
+        return b"\n\n".join(out) + b"\n\n" if out else b""
 
     def _check(self, pending: bytes) -> None:
         if len(pending) > self.max_event:
@@ -59,27 +82,8 @@ class OpenAIStreamFilter:
                 f"the upstream sent a server-sent event over {self.max_event} bytes"
             )
 
-    def _keep(self, event: bytes) -> bool:
-        if not event.startswith(b"data:"):
-            return not event.startswith(b":")  # drop comments/keep-alives, keep others
-        payload = event[5:].strip()
-        if payload == b"[DONE]":
-            self.state.completed = True
-            return False
-        if payload.startswith((b'{"error"', b'{"object":"error"')):
-            raise StreamInterrupted(
-                "the upstream sent an error event mid-stream", code="upstream_stream_error"
-            )
-        state = self.state
-        state.chunks += 1
-        size = len(payload)  # StreamState.keep, inlined: this runs for every event
-        if state.captured + size <= CAPTURE_BYTES:
-            state.payloads.append(payload)
-            state.captured += size
-        else:
-            state.overflow += size
-        if b'"usage"' not in payload:
-            return True
+    def _usage(self, payload: bytes) -> bool:
+        """Learn the usage a chunk reports; whether the chunk is still forwarded."""
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:

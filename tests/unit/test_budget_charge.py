@@ -14,6 +14,7 @@ from gatekeeper.budget.charge import (
     reply_chars,
     reply_texts,
     stream_chars,
+    stream_text_bound,
     stream_texts,
 )
 from gatekeeper.budget.fields import CHAT_ALLOWED, check_fields, check_n
@@ -252,3 +253,96 @@ def test_stream_chars_agrees_with_stream_texts() -> None:
         b'{"choices":"broken"}',
     ]
     assert stream_chars(chunks) == sum(len(t) for t in stream_texts(chunks)) == 18
+
+
+TEXT = st.text(max_size=8)
+DELTAS = st.one_of(  # mostly the plain shape (where the bound applies), some anything
+    st.builds(lambda c: {"content": c}, TEXT),
+    st.builds(lambda c: {"role": "assistant", "content": c}, TEXT),
+    st.just({}),
+    st.dictionaries(
+        st.sampled_from(["role", "content", "refusal", "reasoning_content", "x"]),
+        st.one_of(st.just("assistant"), TEXT, st.none(), st.integers(-9, 9)),
+        max_size=3,
+    ),
+)
+
+
+class TestStreamTextBound:
+    """The parse-free bound that lets a stream's believable usage skip the exact count."""
+
+    def test_plain_chunks_are_bounded_by_their_content_bytes(self) -> None:
+        chunks = [
+            b'{"id":"c","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}',
+            b'{"id":"c","choices":[{"index":0,"delta":{"content":"caf\xc3\xa9 "}}]}',
+            b'{"id":"c","choices":[{"index":0,"delta":{"content":"ok"},"logprobs":null}]}',
+            b'{"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}',
+            b'{"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}',
+        ]
+        assert stream_chars(chunks) == 7  # "café " and "ok"
+        assert stream_text_bound(chunks) == 8  # é is two bytes
+
+    @pytest.mark.parametrize(
+        "chunk",
+        [
+            b'{"choices":[{"delta":{"content":"line\\n"}}]}',  # an escape
+            b'{"choices":[{"d\\u0065lta":{"content":"hidden"}}]}',  # an escaped key
+            b'{"choices":[{"delta": {"content":"spaced"}}]}',
+            b'{"choices":[{"delta":{"refusal":"no"}}]}',
+            b'{"choices":[{"delta":{"reasoning_content":"hm"}}]}',
+            b'{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{}"}}]}}]}',
+            b'{"choices":[{"delta":{"content":"a","content":"longer"}}]}',
+        ],
+        ids=["escape", "escaped-key", "whitespace", "refusal", "reasoning", "tools", "dup"],
+    )
+    def test_anything_but_plain_deltas_is_counted_exactly(self, chunk: bytes) -> None:
+        assert stream_text_bound([b'{"choices":[{"delta":{"content":"x"}}]}', chunk]) is None
+
+    @given(
+        st.lists(
+            st.fixed_dictionaries(
+                {"choices": st.lists(st.fixed_dictionaries({"delta": DELTAS}), max_size=2)}
+            ),
+            max_size=6,
+        ),
+        st.lists(st.integers(0, 40), max_size=3),
+    )
+    def test_the_bound_is_never_below_the_exact_count(
+        self, objs: list[dict[str, object]], cuts: list[int]
+    ) -> None:
+        chunks = [orjson.dumps(o) for o in objs]
+        for at in cuts:  # a truncated payload, as a cut or hostile upstream might leave
+            if chunks:
+                chunks[0] = chunks[0][:at]
+        bound = stream_text_bound(chunks)
+        assert bound is None or bound >= stream_chars(chunks)
+
+    def test_a_stream_believed_from_the_bound_is_not_counted(self) -> None:
+        counted: list[str] = []
+
+        def chars() -> int:
+            counted.append("exact")
+            return 0
+
+        c = decide_charge(
+            Usage(5, 1),
+            "complete",
+            100,
+            chars_bound=10_000,  # the bytes received say nothing
+            chars=chars,
+            count_prompt=lambda: 5,
+            count_completion=lambda: 1,
+            text_bound=lambda: MAX_CHARS_PER_TOKEN,
+        )
+        assert c == Charge(5, 1, "upstream") and counted == []
+        c = decide_charge(
+            Usage(5, 1),
+            "complete",
+            100,
+            chars_bound=10_000,
+            chars=lambda: 10 * MAX_CHARS_PER_TOKEN,
+            count_prompt=lambda: 5,
+            count_completion=lambda: 10,
+            text_bound=lambda: None,  # cannot tell: the exact count decides
+        )
+        assert c.source == "counted" and c.completion == 10
