@@ -7,19 +7,22 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from bench.loadgen import CHAT_BODY, Scenario, StreamResult, wrk_version
 
 if TYPE_CHECKING:
     from bench.run import Options
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
@@ -29,6 +32,8 @@ class Results:
     scenarios: list[Scenario] = field(default_factory=list)
     added_p50_ms: dict[str, list[float]] = field(default_factory=dict)
     streams: dict[str, StreamResult] = field(default_factory=dict)
+    # with --baseline: this build's and the baseline's streams, in turn, round by round
+    stream_rounds: dict[str, list[StreamResult]] = field(default_factory=dict)
     micro: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     wall_s: float = 0.0
@@ -159,17 +164,20 @@ def bars(results: Results) -> list[tuple[str, str, bool]]:
 
 
 def baseline_bars(results: Results) -> list[tuple[str, str, bool]]:
-    """This build against ``--baseline``'s, every ratio from the same interleaved rounds."""
+    """This build against ``--baseline``'s: each ratio is the median of the per-round
+    ratios (the two builds run back to back in every round, so a slow spell of the
+    machine slows both)."""
     if not results.baseline:
         return []
     out: list[tuple[str, str, bool]] = []
     label, tol = results.baseline, BAR_BASELINE
     base32, gw32 = find(results, f"{label} w1, full pipeline", 32), find(results, GATEWAY, 32)
     if base32 is not None and gw32 is not None:
-        ratio = gw32.median(lambda s: s.wrk.rps) / base32.median(lambda s: s.wrk.rps)
+        pairs = list(zip(gw32.samples, base32.samples, strict=True))
+        ratio = paired(pairs, lambda s: s.wrk.rps)
         out.append((f"req/s at 32 connections ≥ {1 - tol:.2f}× {label}'s", f"{ratio:.3f}×",
                     ratio >= 1 - tol))  # fmt: skip
-        cpu = gw32.per_1k(lambda s: s.cpu_s) / base32.per_1k(lambda s: s.cpu_s)
+        cpu = paired(pairs, lambda s: s.cpu_s / max(1, s.wrk.requests))
         out.append((f"CPU s / 1k req at 32 connections ≤ {1 + tol:.2f}× {label}'s",
                     f"{cpu:.3f}×", cpu <= 1 + tol))  # fmt: skip
     mine, theirs = (
@@ -177,24 +185,30 @@ def baseline_bars(results: Results) -> list[tuple[str, str, bool]]:
         results.added_p50_ms.get(f"{label} w1, full pipeline"),
     )
     if mine and theirs:
-        ratio = statistics.median(mine) / statistics.median(theirs)
+        ratio = paired(list(zip(mine, theirs, strict=True)), lambda v: v)
         out.append((f"added p50 at 1 connection ≤ {1 + tol:.2f}× {label}'s", f"{ratio:.3f}×",
                     ratio <= 1 + tol))  # fmt: skip
-    base_s = results.streams.get(f"{label} w1, full pipeline")
-    runs = [results.streams.get(GATEWAY), results.streams.get(f"{GATEWAY} (again)")]
+    got, base_s = (
+        results.stream_rounds.get(GATEWAY),
+        results.stream_rounds.get(f"{label} w1, full pipeline"),
+    )
     direct = results.streams.get(DIRECT)
-    got = [r for r in runs if r is not None]
-    if base_s is not None and got and direct is not None:
-        added = statistics.median(r.ttft_p50_ms for r in got) - direct.ttft_p50_ms
-        theirs_added = base_s.ttft_p50_ms - direct.ttft_p50_ms
-        if theirs_added > 0:
-            ratio = added / theirs_added
-            out.append((f"stream added TTFT p50 ≤ {1 + tol:.2f}× {label}'s", f"{ratio:.3f}×",
-                        ratio <= 1 + tol))  # fmt: skip
-        cps = statistics.median(r.chunks_per_s for r in got) / base_s.chunks_per_s
+    if got and base_s and direct is not None:
+        pairs_s = list(zip(got, base_s, strict=True))
+        ratio = paired(pairs_s, lambda r: r.ttft_p50_ms - direct.ttft_p50_ms)
+        out.append((f"stream added TTFT p50 ≤ {1 + tol:.2f}× {label}'s", f"{ratio:.3f}×",
+                    ratio <= 1 + tol))  # fmt: skip
+        cps = paired(pairs_s, lambda r: r.chunks_per_s)
         out.append((f"stream chunks/s ≥ {1 - tol:.2f}× {label}'s", f"{cps:.3f}×",
                     cps >= 1 - tol))  # fmt: skip
     return out
+
+
+def paired(pairs: list[tuple[T, T]], value: Callable[[T], float]) -> float:
+    """Median over rounds of value(this build) / value(baseline); rounds where the
+    baseline's value is not positive are left out (nan if none is left)."""
+    ratios = [value(a) / value(b) for a, b in pairs if value(b) > 0]
+    return statistics.median(ratios) if ratios else math.nan
 
 
 def bar_lines(results: Results) -> list[str]:

@@ -49,7 +49,7 @@ from bench.loadgen import (
     run_wrk,
     stop_process,
 )
-from bench.report import Results, bar_lines, render, write_section
+from bench.report import GATEWAY, Results, bar_lines, render, write_section
 from gatekeeper.bus.embedded import EmbeddedNats, free_port
 from tests.harness.gateway import GatewayProcess, Issuer, base_config, chat_model, embedding_model
 
@@ -297,8 +297,8 @@ def one_worker(stage: Stage, direct: Target, results: Results) -> GatewayProcess
                       path=MESSAGES_PATH, body=MESSAGES_BODY)  # fmt: skip
     for target in (responses, messages):
         check_ok(gw.url, stage.full_token, target.path, target.body)
-    targets: tuple[Target, ...] = (direct, full, plain, responses, messages)
-    if stage.opts.baseline is not None:  # the other build, in the same interleaved rounds
+    targets: tuple[Target, ...] = (direct, full)
+    if stage.opts.baseline is not None:  # the other build, right after this one in each round
         b = baseline_build.start(stage.opts.baseline, stage.upstream_url, stage.tmp, stage.stack)
         log(f"baseline {b.label} at {b.url}")
         check_ok(b.url, b.token)
@@ -307,15 +307,15 @@ def one_worker(stage: Stage, direct: Target, results: Results) -> GatewayProcess
             f"{b.label} w1, full pipeline", b.url, b.token, lambda: process_tree(b.pid), 1
         )
         targets = (*targets, base)
+    targets = (*targets, plain, responses, messages)
     matrix = [Scenario(t, c) for c in (1, 32) for t in targets]
     run_matrix(matrix, stage.opts, stage.helpers)
     results.scenarios += matrix
-    results.added_p50_ms["full pipeline"] = added_p50(matrix[0], matrix[1])
-    results.added_p50_ms["plain token"] = added_p50(matrix[0], matrix[2])
-    results.added_p50_ms["Responses API"] = added_p50(matrix[0], matrix[3])
-    results.added_p50_ms["Messages API"] = added_p50(matrix[0], matrix[4])
-    if len(targets) > 5:
-        results.added_p50_ms[targets[5].name] = added_p50(matrix[0], matrix[5])
+    names = {full.name: "full pipeline", plain.name: "plain token"}
+    names |= {responses.name: "Responses API", messages.name: "Messages API"}
+    for sc in matrix[1 : len(targets)]:  # the 1-connection scenarios after direct
+        key = names.get(sc.target.name, sc.target.name)
+        results.added_p50_ms[key] = added_p50(matrix[0], sc)
     return gw
 
 
@@ -327,11 +327,14 @@ def streams(stage: Stage, gw: GatewayProcess, results: Results) -> None:
     base = (
         find_target(results, f"{results.baseline} w1, full pipeline") if results.baseline else None
     )
-    if base is not None:  # the baseline build, right after this one
-        results.streams[base.name] = run_streams(base.url, base.token, n, conc)
-        results.streams["gateway w1, full pipeline (again)"] = run_streams(
-            gw.url, stage.full_token, n, conc
-        )
+    if base is not None:  # the baseline build: both, in turn, in every round (paired ratios)
+        runs = results.stream_rounds
+        for i in range(stage.opts.runs):
+            pair = [(GATEWAY, gw.url, stage.full_token), (base.name, base.url, base.token)]
+            for name, url, token in pair if i % 2 else pair[::-1]:
+                runs.setdefault(name, []).append(run_streams(url, token, n, conc))
+        results.streams[base.name] = runs[base.name][-1]
+        results.streams["gateway w1, full pipeline (again)"] = runs[GATEWAY][-1]
     for name, s in results.streams.items():
         log(
             f"         {name:<28} TTFT p50 {s.ttft_p50_ms:.3f} ms p99 {s.ttft_p99_ms:.3f} ms "
