@@ -12,7 +12,9 @@ by the KV key's last token). ``SlotVerifier`` accepts a slot only if
 * it does not go back on the last slot accepted from that node for that counter.
 
 Each distinct (key, value) is verified once: later copies (watch echoes, re-puts)
-are a dictionary hit. Pure: no I/O.
+are a dictionary hit. Only the last ``RECENT`` values of each key are remembered:
+a slot changes at every flush, and an older value is only ever seen again as an echo
+of this node's own, a few flushes later at most. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from gatekeeper.control.envelope import ControlValueRejected
 from gatekeeper.control.registry import NodeKeyRegistry
 from gatekeeper.internal.crdt import PNSlot
 
-__all__ = ["ABSOLUTE_CAP", "SLOT_DOMAIN", "SlotVerifier", "sign_slot", "slot_message"]
+__all__ = ["ABSOLUTE_CAP", "RECENT", "SLOT_DOMAIN", "SlotVerifier", "sign_slot", "slot_message"]
 
 SLOT_DOMAIN = b"gatekeeper.slot.v1\n"
 ABSOLUTE_CAP = 2**53  # no real counter comes near it (USD counters are in micro-dollars)
 _MAX_VALUE = 256
+RECENT = 8  # values remembered per KV key (this node's own in flight, a peer's latest)
 
 
 def slot_message(kv_key: str, slot_bytes: bytes) -> bytes:
@@ -60,7 +63,7 @@ class SlotVerifier:
         self.factor = factor
         self.limit_of = limit_of
         self.cache_size = cache_size
-        self.verified: dict[tuple[str, bytes], PNSlot] = {}
+        self.verified: dict[str, dict[bytes, PNSlot]] = {}  # kv key → its recent values
         self.last: dict[tuple[str, str], PNSlot] = {}
         self.signatures = 0  # Ed25519 verifications done (the cache's misses)
 
@@ -69,10 +72,15 @@ class SlotVerifier:
         self.verified.clear()
 
     def remember(self, kv_key: str, value: bytes, slot: PNSlot) -> None:
-        """A value this node signed itself: its echo needs no verification."""
-        if len(self.verified) >= self.cache_size:
-            self.verified.clear()
-        self.verified[(kv_key, value)] = slot
+        """A value verified, or signed by this node itself (its echo needs no check)."""
+        recent = self.verified.get(kv_key)
+        if recent is None:
+            if len(self.verified) >= self.cache_size:  # keys: counters x nodes
+                self.verified.clear()
+            recent = self.verified[kv_key] = {}
+        elif len(recent) >= RECENT:
+            del recent[next(iter(recent))]  # the oldest
+        recent[value] = slot
 
     def check(
         self, kv_key: str, cid: str, node: str, value: bytes, *, any_key: bool = False
@@ -82,7 +90,8 @@ class SlotVerifier:
         ``any_key``: accept a signature by any key in the node's history (a node
         reading back its own slots after a key rotation; it then re-signs them).
         """
-        slot = self.verified.get((kv_key, value))
+        recent = self.verified.get(kv_key)
+        slot = recent.get(value) if recent is not None else None
         if slot is None:
             slot = self._verify(kv_key, node, value, any_key)
             self._check_bounds(cid, slot)
@@ -97,6 +106,8 @@ class SlotVerifier:
         """A counter was collected: drop what is known about its slots."""
         for key in [k for k in self.last if k[0] == cid]:
             del self.last[key]
+        for kv_key in [k for k in self.verified if k.rpartition(".")[0] == cid]:
+            del self.verified[kv_key]
 
     def _verify(self, kv_key: str, node: str, value: bytes, any_key: bool) -> PNSlot:
         if len(value) > _MAX_VALUE:

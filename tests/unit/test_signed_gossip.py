@@ -13,7 +13,7 @@ from gatekeeper.control.envelope import ControlValueRejected, seal
 from gatekeeper.control.node_events import open_event, sign_event
 from gatekeeper.control.registry import NodeKeyRegistry, node_key_kv_key, registration_body
 from gatekeeper.control.reporting import RateGate, Rejections
-from gatekeeper.control.slots import ABSOLUTE_CAP, SlotVerifier, sign_slot
+from gatekeeper.control.slots import ABSOLUTE_CAP, RECENT, SlotVerifier, sign_slot
 from gatekeeper.internal.crdt import PNSlot
 
 OPERATOR = SigningKey(b"\x01" * 32)
@@ -59,6 +59,19 @@ class TestSlots:
         verifier.remember(f"{CID}.a", value, PNSlot(3, 0))
         verifier.check(f"{CID}.a", CID, "a", value)
         assert verifier.signatures == 0
+
+    def test_memory_holds_a_few_values_per_key_however_long_it_runs(self) -> None:
+        """A slot changes at every flush; remembering every value ever signed grew the
+        process without end. The echo of a recent own value is still a hit."""
+        verifier = SlotVerifier(registry())
+        values = [sign_slot(NODE_A, f"{CID}.a", PNSlot(i, 0)) for i in range(1, 41)]
+        for i, value in enumerate(values, start=1):
+            verifier.remember(f"{CID}.a", value, PNSlot(i, 0))
+        assert sum(len(recent) for recent in verifier.verified.values()) == RECENT
+        verifier.check(f"{CID}.a", CID, "a", values[-RECENT])  # an echo a few flushes late
+        assert verifier.signatures == 0
+        verifier.forget(CID)  # the counter's window was collected
+        assert verifier.verified == {}
 
     def test_unsigned_slot(self) -> None:
         assert reason(SlotVerifier(registry()), "a", PNSlot(0, 10**9).to_bytes()) == "unsigned"
