@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import time
 from typing import Any
 
@@ -29,15 +30,13 @@ from gatekeeper.bus.wire import AckSink, BatchWriter
 SWEEP_S = 0.1
 
 
+_SEQ = re.compile(rb'"seq":(\d*)')
+
+
 def ack_stream_seq(ack: bytes) -> int:
     """The ``"seq"`` of a JetStream ack (``{"stream":"S","seq":42,…}``), 0 if none."""
-    at = ack.find(b'"seq":')
-    if at < 0:
-        return 0
-    start = end = at + 6
-    while end < len(ack) and 48 <= ack[end] <= 57:
-        end += 1
-    return int(ack[start:end]) if end > start else 0
+    found = _SEQ.search(ack)
+    return int(found.group(1)) if found is not None and found.group(1) else 0
 
 
 class PublishNotAcked(NatsError):
