@@ -2,8 +2,9 @@
 
 ``python -m bench.run --baseline ../gk-before`` starts that checkout's gateway with its
 own harness (its config format may differ), its own nats-server, in front of this run's
-upstream, and measures it in the same interleaved rounds as this build: the "within
-5 % of before" bars are ratios from one run, not from two runs hours apart.
+upstream, and measures it right after this build in every round (streams included):
+each "within 5 % of before" bar is the median of the per-round ratios, from one run,
+not from two runs hours apart.
 
 Prepare the checkout once::
 
