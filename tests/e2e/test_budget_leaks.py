@@ -185,6 +185,37 @@ class TestMissingUsage:
         assert record["completion_tokens"] > 0
         assert used(gateway, token)["used"] == record["total_tokens"]
 
+    @pytest.mark.parametrize(
+        ("completion_tokens", "source"), [(1, "counted"), (60, "upstream")], ids=["lies", "honest"]
+    )
+    def test_a_stream_whose_usage_is_too_low_for_its_text_is_counted(
+        self,
+        gateway: GatewayProcess,
+        issuer: Issuer,
+        fake_openai: FakeOpenAI,
+        nats_server: EmbeddedNats,
+        completion_tokens: int,
+        source: str,
+    ) -> None:
+        """Plain content chunks with a usage chunk: the parse-free bound settles an honest
+        report; 1 token for 180 characters is not believed and the text is counted."""
+        text = "The quick brown fox jumps over the lazy dog. " * 4
+        fake_openai.script.default = Behavior(
+            text=text, chunks=6, prompt_tokens=9, completion_tokens=completion_tokens
+        )
+        token = budget_token(issuer, 10_000)
+        for _chunk in client(gateway, token).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, max_tokens=100, stream=True
+        ):
+            pass
+        (record,) = audit_records(nats_server.url, 1)
+        assert record["usage_source"] == source
+        if source == "counted":
+            assert record["completion_tokens"] == count_text([text], "o200k")
+        else:
+            assert (record["prompt_tokens"], record["completion_tokens"]) == (9, 60)
+        assert used(gateway, token)["used"] == record["total_tokens"]
+
 
 class TestReservationBound:
     def test_n_times_max_tokens_is_clamped_to_the_budget(
