@@ -276,6 +276,7 @@ async def _build(
         quality_threshold=config.routing.quality_threshold,
         unavailable=catalog.unavailable,
         health=health.latency,
+        same_provider_retries=config.failover.same_provider_retries,
     )
     ledger = BudgetLedger(node_id)
     gossip = Gossip(

@@ -12,7 +12,7 @@ from typing import Any
 
 from gatekeeper.auth.claims import Claims, model_allowed
 from gatekeeper.errors import ModelNotFound
-from gatekeeper.routing.decision import RouteDecision, plan_attempts
+from gatekeeper.routing.decision import SAME_PROVIDER_RETRIES, RouteDecision, plan_attempts
 from gatekeeper.routing.matrix import Matrix, ModelSpec
 from gatekeeper.routing.router import (
     AUTO,
@@ -44,8 +44,10 @@ class LiveRouter:
         quality_threshold: float,
         health: HealthView = _no_health,
         unavailable: tuple[tuple[str, str], ...] = (),
+        same_provider_retries: int = SAME_PROVIDER_RETRIES,
     ) -> None:
         self.matrix = matrix
+        self.retries = same_provider_retries  # failover.same_provider_retries
         self.unavailable = dict(unavailable)
         self._allowed: dict[tuple[str, ...], Matrix] = {}
         self.chain = chain
@@ -103,7 +105,7 @@ class LiveRouter:
             health=self.health(),
             open_breakers=open_breakers,
         )
-        plan = plan_attempts(route.model, route.fallbacks, self.chain)
+        plan = plan_attempts(route.model, route.fallbacks, self.chain, self.retries)
         return RouteDecision(
             route.model, plan, mode, route.reason, _event(route, plan), needs.prompt_tokens
         )
@@ -132,7 +134,7 @@ class LiveRouter:
             complexity = score(req.body["messages"], tools=req.uses_tools)
             ranked = peers(visible, complexity.task, needs, open_breakers)
             fallbacks = tuple(m for m in ranked if m.provider != route.model.provider)
-            plan = plan_attempts(route.model, fallbacks, self.chain)
+            plan = plan_attempts(route.model, fallbacks, self.chain, self.retries)
             return plan, _event(dataclasses.replace(route, complexity=complexity), plan)
 
         return RouteDecision(
@@ -146,7 +148,7 @@ class LiveRouter:
                 f"The model '{model[:100]}' does not exist or is not an embedding model",
                 param="model",
             )
-        plan = plan_attempts(spec, (), self.chain)
+        plan = plan_attempts(spec, (), self.chain, self.retries)
         return RouteDecision(spec, plan, "requested", f"requested model {spec.name}")
 
 

@@ -113,3 +113,28 @@ class TestLatencyView:
         ]
         view = latency_view(reports, max_error_rate=0.25)
         assert view == {"steady": 0.12}
+
+
+class TestSameProviderRetries:
+    """``failover.same_provider_retries``: how often a request with nowhere else to go
+    tries its one provider again (the config reaches the plan)."""
+
+    @pytest.mark.parametrize("retries", [0, 1, 3])
+    def test_a_key_allowed_one_model_gets_that_many_retries(self, retries: int) -> None:
+        router = LiveRouter(
+            MATRIX,
+            ("p1", "p2", "p3"),
+            default_mode="cost",
+            quality_threshold=0.5,
+            same_provider_retries=retries,
+        )
+        decision = router.route(chat("mid"), claims(("mid",)), None, frozenset())  # type: ignore[arg-type]
+        assert [m.name for m in decision.plan] == ["mid"] * (1 + retries)
+
+    def test_with_another_provider_there_is_no_retry_of_the_first(self) -> None:
+        router = LiveRouter(
+            MATRIX, ("p1", "p2", "p3"), default_mode="cost", quality_threshold=0.5,
+            same_provider_retries=3,
+        )  # fmt: skip
+        decision = router.route(chat("cheap"), claims(("cheap", "mid")), None, frozenset())  # type: ignore[arg-type]
+        assert [m.name for m in decision.plan] == ["cheap", "mid"]
