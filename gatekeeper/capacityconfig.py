@@ -9,7 +9,7 @@ from gatekeeper.auth.claims import PRIORITIES
 from gatekeeper.errors import ConfigError
 from gatekeeper.yamlread import Section
 
-__all__ = ["LANES", "CapacityConfig", "LaneConfig", "parse_capacity"]
+__all__ = ["LANES", "CapacityConfig", "LaneConfig", "LearnConfig", "parse_capacity"]
 
 LANES = PRIORITIES  # highest first: critical, standard, batch
 
@@ -18,6 +18,16 @@ LANES = PRIORITIES  # highest first: critical, standard, batch
 class LaneConfig:
     queue: int = 256  # waiters this lane may hold; one more is shed (429)
     max_wait_s: float = 30.0  # longest wait in the queue (also bounded by the request timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class LearnConfig:
+    """``capacity.learn``: the provider limits learned from 429s and latency (AIMD)."""
+
+    enabled: bool = False  # each ``providers`` limit is then a ceiling, learned below it
+    min_in_flight: int = 1  # the lowest a learned limit goes
+    backoff: float = 0.5  # the factor an overload signal multiplies the limit by
+    latency_s: float = 0.0  # > 0: an answer slower than this to its first byte is a signal too
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +43,7 @@ class CapacityConfig:
     retry_after_s: float = 1.0  # the retry-after of a shed request
     providers: Mapping[str, int] = field(default_factory=dict)  # provider -> its max_in_flight
     models: Mapping[str, int] = field(default_factory=dict)  # routed model -> its max_in_flight
+    learn: LearnConfig = field(default_factory=LearnConfig)  # learned provider limits
 
     @property
     def enabled(self) -> bool:
@@ -41,6 +52,33 @@ class CapacityConfig:
 
 _DEFAULT = CapacityConfig()
 _LANE = LaneConfig()
+_LEARN = LearnConfig()
+
+
+def _learn(data: object, providers: Mapping[str, int]) -> LearnConfig:
+    s = Section(data, "capacity.learn")
+    s.unknown({"enabled", "min_in_flight", "backoff", "latency_s"})
+    learn = LearnConfig(
+        enabled=s.flag("enabled", _LEARN.enabled),
+        min_in_flight=s.integer("min_in_flight", _LEARN.min_in_flight, minimum=1),
+        backoff=s.number("backoff", _LEARN.backoff),
+        latency_s=s.number("latency_s", _LEARN.latency_s, positive=False),
+    )
+    if learn.latency_s < 0:
+        raise ConfigError("capacity.learn.latency_s: must be a number >= 0 (0: off)")
+    if not 0 < learn.backoff < 1:
+        raise ConfigError("capacity.learn.backoff: a factor between 0 and 1 (exclusive)")
+    if learn.enabled and not providers:
+        raise ConfigError(
+            "capacity.learn: needs capacity.providers (each provider's ceiling to learn below)"
+        )
+    low = sorted(name for name, n in providers.items() if n < learn.min_in_flight)
+    if learn.enabled and low:
+        raise ConfigError(
+            f"capacity.learn.min_in_flight ({learn.min_in_flight}) is above the limit of "
+            f"capacity.providers {', '.join(low)}"
+        )
+    return learn
 
 
 def _lane(data: object, path: str) -> LaneConfig:
@@ -78,6 +116,7 @@ def parse_capacity(data: object) -> CapacityConfig:
             "retry_after_s",
             "providers",
             "models",
+            "learn",
         }
     )
     lanes_data = s.data.get("lanes") or {}
@@ -101,6 +140,7 @@ def parse_capacity(data: object) -> CapacityConfig:
         max_in_flight=limit,
         providers=providers,
         models=models,
+        learn=_learn(s.data.get("learn"), providers),
         default_priority=s.choice("default_priority", "standard", LANES),
         lanes=lanes,
         max_queued=s.integer("max_queued", _DEFAULT.max_queued, minimum=1),

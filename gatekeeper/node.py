@@ -73,6 +73,7 @@ from gatekeeper.passes.service import PassService, build_passes
 from gatekeeper.pipeline import Pipeline
 from gatekeeper.providers.base import Provider
 from gatekeeper.providers.demo import DEMO_PROVIDER, DemoProvider, demo_models
+from gatekeeper.providers.failover import Attempt
 from gatekeeper.providers.limits import DEFAULT_LIMITS, UpstreamLimits
 from gatekeeper.providers.openai import OpenAIProvider
 from gatekeeper.providers.pool import ProviderPool
@@ -344,6 +345,16 @@ async def _build(
             log.warning("capacity.unknown_models", models=unknown, hint="not in models:")
         gate = capacity
         metrics.samplers.append(lambda: metrics.lane_depths(gate.depths()))
+        if gate.providers:
+            metrics.samplers.append(lambda: metrics.provider_limits(gate.limits()))
+        if gate.learned:  # learned provider limits: every finished attempt is a signal
+            health_hook = health.attempt_done
+
+            def on_attempt(attempt: Attempt) -> None:
+                health_hook(attempt)
+                gate.observe(attempt)
+
+            events.on_attempt = on_attempt
     pipeline = Pipeline(
         config,
         verifier,

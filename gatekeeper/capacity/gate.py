@@ -11,6 +11,9 @@ or a provider: it is charged nothing and does not count against provider health.
 A routed model or provider with a limit of its own (``capacity.models``,
 ``capacity.providers``) has a gate of its own, a ``CapacityGate`` without reservations;
 a request passes through them in the order model, provider, node (``_through``).
+With ``capacity.learn`` the provider limits move (``learn.Aimd``): ``observe`` takes
+every finished upstream attempt (the provider pool's hook) and resizes that provider's
+scheduler, granting waiters when the limit grows.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from typing import Any, Protocol
 from gatekeeper.auth.claims import Claims
 from gatekeeper.budget.concurrency import Slot
 from gatekeeper.capacity.lanes import HEADER, lane_of
+from gatekeeper.capacity.learn import Aimd, signal_of
 from gatekeeper.capacity.scheduler import Decision, Scheduler, Waiter
 from gatekeeper.capacityconfig import LANES, CapacityConfig
 from gatekeeper.errors import ClientDisconnected, GatewayError, RateLimited, ServiceUnavailable
 from gatekeeper.http.inbound import Readable
+from gatekeeper.providers.failover import Attempt
 
 __all__ = ["CapacityGate", "LaneMetrics"]
 
@@ -80,6 +85,12 @@ class CapacityGate:
         self.providers = {name: limit(n) for name, n in config.providers.items()}
         self.models = {name: limit(n) for name, n in config.models.items()}
         self.limited = bool(self.providers or self.models)
+        learn = config.learn
+        self.learned = (
+            {n: Aimd(c, learn.min_in_flight, learn.backoff) for n, c in config.providers.items()}
+            if learn.enabled
+            else {}
+        )
 
     def enter(
         self, slot: Slot, claims: Claims, request: Readable, provider: str = "", model: str = ""
@@ -152,11 +163,32 @@ class CapacityGate:
         self._give_back(slot.tenant, self.clock() - slot.since)
 
     def _give_back(self, tenant: str, held_s: float) -> None:
-        for waiter in self.scheduler.release(tenant, held_s):
+        self._grant(self.scheduler.release(tenant, held_s))
+
+    def _grant(self, waiters: list[Waiter]) -> None:
+        for waiter in waiters:
             future = waiter.token
             if future is not None and not future.done():
                 future.set_result(None)
             # else: it is giving up right now and will see ``granted`` and give it back
+
+    def observe(self, attempt: Attempt) -> None:
+        """A finished upstream attempt: what it says moves its provider's learned limit."""
+        aimd = self.learned.get(attempt.provider)
+        if aimd is None:
+            return
+        signal = signal_of(attempt.status, attempt.error, attempt.ms, self.config.learn.latency_s)
+        if signal is None:
+            return
+        inner = self.providers[attempt.provider]
+        s = inner.scheduler
+        limit = aimd.observe(signal, s.in_flight, self.clock(), s.mean_hold_s)
+        if limit != s.limit:
+            inner._grant(s.resize(limit))
+
+    def limits(self) -> dict[str, int]:
+        """Each provider's limit now (learned or configured), for the metrics."""
+        return {name: gate.scheduler.limit for name, gate in self.providers.items()}
 
     def _evict(self, waiter: Waiter) -> None:
         future = waiter.token

@@ -109,6 +109,15 @@ class Scheduler:
         self.mean_hold_s += (held_s - self.mean_hold_s) * 0.2 if self.mean_hold_s else held_s
         return self._drain() if self.queued else []
 
+    def resize(self, limit: int) -> list[Waiter]:
+        """A new limit (a learned one); the waiters it lets in, already holding slots.
+
+        Running requests are never pre-empted: past a lower limit, arrivals wait until
+        enough of them have finished."""
+        self.limit = limit
+        self.shared = limit - sum(self.reserved.values())
+        return self._drain() if self.queued else []
+
     # ------------------------------------------------------------------ arrivals
 
     def offer(self, tenant: str, lane: int, now: float, wait_budget_s: float) -> Decision:

@@ -17,6 +17,7 @@
     gatekeeper_lane_queue_depth                gauge      lane (priority lanes, docs/capacity.md)
     gatekeeper_lane_wait_seconds               histogram  lane: time queued, granted or not
     gatekeeper_lane_shed_total                 counter    lane, reason (429/503 load shedding)
+    gatekeeper_capacity_limit                  gauge      provider: its limit now (capacity.learn)
 
 The hot path does not touch prometheus_client: a request adds into plain dicts
 (``BufferedCounter``/``BufferedHistogram``; the cost is in BENCHMARKS.md) and a node task
@@ -226,6 +227,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.capacity_limit = Gauge(
+            "gatekeeper_capacity_limit",
+            "Upstream requests a provider may run at once on this node, learned or configured"
+            " (sum over workers)",
+            ["provider"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.breaker_state = Gauge(
             "gatekeeper_breaker_state",
             "Circuit breaker per provider: 0 closed, 1 half_open, 2 open (worst worker)",
@@ -353,6 +362,10 @@ class Metrics:
     def lane_depths(self, depths: Mapping[str, int]) -> None:
         for lane, depth in depths.items():
             self.lane_depth.labels(lane).set(depth)
+
+    def provider_limits(self, limits: Mapping[str, int]) -> None:
+        for provider, limit in limits.items():
+            self.capacity_limit.labels(provider).set(limit)
 
     def auth_failed(self, reason: str) -> None:
         """The verifier refused a token (its ``on_failure`` hook)."""
