@@ -142,6 +142,10 @@ class FakeOpenAI:
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        # An upstream with room for only so many requests at once: past it, 429 with
+        # ``retry-after`` (as OpenAI's per-key concurrency limits answer). None: no limit.
+        self.max_concurrent: int | None = None
+        self.in_flight = self.peak = self.over_limit = 0
 
     @property
     def url(self) -> str:
@@ -161,6 +165,17 @@ class FakeOpenAI:
         return body, b
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
+        if self.max_concurrent is not None and self.in_flight >= self.max_concurrent:
+            self.over_limit += 1
+            return _error(Behavior(429, "Too many concurrent requests", retry_after=1))
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            return await self._chat(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         got = await self._read(request)
         if isinstance(got, web.Response):
             return got
