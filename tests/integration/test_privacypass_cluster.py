@@ -150,12 +150,20 @@ def test_bus_down_is_503_not_500(
     resp = httpx.post(f"{gw.base_url}/chat/completions", json=BODY, headers=_pt(token), timeout=30)
     assert resp.status_code == 503
     assert resp.json()["error"]["code"] == "private_token_check_unavailable"
+    gw.kill()  # a graceful stop with NATS gone (seconds) is not this test's subject
 
 
 class TestRefusals:
     @pytest.fixture
-    def gw(self, two: list[GatewayProcess]) -> GatewayProcess:
-        return two[0]
+    def gw(
+        self, start_gateway: StartGateway, fake_openai: FakeOpenAI, tmp_path: Path
+    ) -> GatewayProcess:
+        """One gateway is enough to be refused by."""
+        return start_gateway(
+            providers=[openai_provider("openai", fake_openai)],
+            models=[chat_model("gpt-4o-mini", "openai")],
+            passes=passes_config(tmp_path),
+        )
 
     def test_pass_with_bearer_key_is_400(self, gw: GatewayProcess, issuer: Issuer) -> None:
         (token,) = _fetch(gw, issuer.token("acme"), 1)
