@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -196,15 +196,30 @@ def check_ok(
 # --------------------------------------------------------------------------- measuring
 
 
-def run_matrix(matrix: list[Scenario], opts: Options, helpers: Helpers) -> None:
-    """Warm every scenario up once, then run them interleaved ``opts.runs`` times."""
+def round_order(
+    matrix: list[Scenario], i: int, swap: Sequence[tuple[int, int]] = ()
+) -> list[Scenario]:
+    """The scenarios in the order round ``i`` runs them: in odd rounds each pair of
+    positions in ``swap`` trades places, so neither build of a pair always runs first."""
+    order = list(matrix)
+    if i % 2:
+        for a, b in swap:
+            order[a], order[b] = order[b], order[a]
+    return order
+
+
+def run_matrix(
+    matrix: list[Scenario], opts: Options, helpers: Helpers, swap: Sequence[tuple[int, int]] = ()
+) -> None:
+    """Warm every scenario up once, then run them interleaved ``opts.runs`` times
+    (``round_order``: the pairs in ``swap`` alternate which goes first)."""
     for sc in matrix:
         log(f"warm-up  {sc.target.name} c{sc.connections}")
         run_wrk(
             sc.target.url, sc.connections, opts.warmup, sc.target.token, headers=sc.target.headers
         )
     for i in range(opts.runs):
-        for sc in matrix:
+        for sc in round_order(matrix, i, swap):
             sample = measure(sc.target, sc.connections, opts.duration, helpers)
             sc.samples.append(sample)
             w = sample.wrk
@@ -298,6 +313,7 @@ def one_worker(stage: Stage, direct: Target, results: Results) -> GatewayProcess
     for target in (responses, messages):
         check_ok(gw.url, stage.full_token, target.path, target.body)
     targets: tuple[Target, ...] = (direct, full)
+    swap: list[tuple[int, int]] = []
     if stage.opts.baseline is not None:  # the other build, right after this one in each round
         b = baseline_build.start(stage.opts.baseline, stage.upstream_url, stage.tmp, stage.stack)
         log(f"baseline {b.label} at {b.url}")
@@ -309,7 +325,9 @@ def one_worker(stage: Stage, direct: Target, results: Results) -> GatewayProcess
         targets = (*targets, base)
     targets = (*targets, plain, responses, messages)
     matrix = [Scenario(t, c) for c in (1, 32) for t in targets]
-    run_matrix(matrix, stage.opts, stage.helpers)
+    if stage.opts.baseline is not None:  # this build and the baseline take turns going first
+        swap = [(k * len(targets) + 1, k * len(targets) + 2) for k in range(2)]
+    run_matrix(matrix, stage.opts, stage.helpers, swap)
     results.scenarios += matrix
     names = {full.name: "full pipeline", plain.name: "plain token"}
     names |= {responses.name: "Responses API", messages.name: "Messages API"}

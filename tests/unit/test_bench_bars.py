@@ -57,3 +57,19 @@ def test_a_slow_round_slows_both_builds_and_moves_no_bar() -> None:
     assert bars["added p50 at 1 connection"] == ("1.100×", False)
     assert bars["stream added TTFT p50"] == ("1.000×", True)
     assert bars["stream chunks/s"] == ("0.950×", True)
+
+
+def test_the_two_builds_take_turns_going_first() -> None:
+    """Round by round, the pair in ``swap`` alternates, so neither build always runs
+    right after the direct run; the others keep their places."""
+    from bench.run import round_order
+
+    names = ["direct", "this build", "baseline", "plain"]
+    matrix = [scenario(n, []) for n in names]
+    order = [[sc.target.name for sc in round_order(matrix, i, [(1, 2)])] for i in range(3)]
+    assert order == [
+        ["direct", "this build", "baseline", "plain"],
+        ["direct", "baseline", "this build", "plain"],
+        ["direct", "this build", "baseline", "plain"],
+    ]
+    assert [sc.target.name for sc in round_order(matrix, 1)] == names  # nothing to swap
