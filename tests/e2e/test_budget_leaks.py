@@ -95,7 +95,7 @@ class TestHangUp:
         handful of streams, not hundreds, and is not exceeded.
         """
         fake_openai.script.default = Behavior(
-            text="word " * 40, chunks=20, chunk_delay=0.03, completion_tokens=40
+            text="word " * 40, chunks=200, chunk_delay=0.03, completion_tokens=40
         )
         budget = 300
         token = budget_token(issuer, budget)
