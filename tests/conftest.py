@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from gatekeeper.bus.embedded import EmbeddedNats, free_port
 from tests.harness.fake_anthropic import FakeAnthropic
@@ -19,6 +20,11 @@ from tests.harness.gateway import (
     chat_model,
     embedding_model,
 )
+
+# Property tests check behaviour, not speed: Hypothesis's default 200 ms deadline per
+# example turns a loaded CI machine (or a cold first import) into a spurious failure.
+settings.register_profile("gatekeeper", deadline=None)
+settings.load_profile("gatekeeper")
 
 
 @pytest.fixture

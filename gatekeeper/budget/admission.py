@@ -43,7 +43,6 @@ from gatekeeper.budget.tickets import (
     counter_key,
     plan_counters,
 )
-from gatekeeper.budget.windows import seconds_to_reset
 from gatekeeper.errors import BudgetExceeded, RateLimited
 from gatekeeper.exchange import Exchange
 from gatekeeper.routing.matrix import ModelSpec
@@ -61,6 +60,12 @@ def _nothing() -> None:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _to_next_minute(now: datetime) -> float:
+    """``seconds_to_reset("minute", now)`` without building datetimes (UTC has no
+    leap seconds in POSIX time, so every minute starts at a multiple of 60)."""
+    return 60.0 - now.timestamp() % 60.0
 
 
 class LedgerAdmission:
@@ -365,10 +370,8 @@ class LedgerAdmission:
             cost = round(ex.resumed.cost_usd * MICRO)  # each segment at its model's price
         elif usage and ex.served is not None:
             cost = round(ex.served.cost_usd(usage.prompt_tokens, usage.completion_tokens) * MICRO)
-        actual = {
-            cid: {"req": 1, "preq": 1, "tpm": used, "tok": used, "usd": cost}[kind]
-            for kind, cid in ticket.ids.items()
-        }
+        per_kind = {"req": 1, "preq": 1, "tpm": used, "tok": used, "usd": cost}
+        actual = {cid: per_kind[kind] for kind, cid in ticket.ids.items()}
         self.ledger.settle(ticket.reservation, actual)
         if self.strict is not None:
             for cid, amount in ticket.strict:
@@ -429,7 +432,7 @@ class LedgerAdmission:
             ids, limits = self._plan(ex.claims, now)
         else:
             return {}
-        reset = seconds_to_reset("minute", now) or 0.0
+        reset = _to_next_minute(now)
         req, tpm = ids.get("req"), ids.get("tpm")
         return ratelimit_headers(
             limit_requests=limits[req] if req else None,

@@ -54,10 +54,15 @@ class SessionTracker:
         ids = getattr(ex.ticket, "ids", None)
         if ex.claims is None or not ids or "tok" not in ids:
             return
+        model = ex.served.name if ex.served else ex.requested_model
+        s = self.dirty.get(ex.claims.sub)
+        if s is not None and s.tok == ids["tok"]:  # the same key again within the second
+            s.last_seen, s.last_model = time.time(), model
+            return
         self.dirty[ex.claims.sub] = _Seen(
             ex.claims.tenant,
             time.time(),
-            ex.served.name if ex.served else ex.requested_model,
+            model,
             ids["tok"],
             ids["preq"],
             ids["tok"].rsplit(".", 1)[1],

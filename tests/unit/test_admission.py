@@ -133,3 +133,21 @@ class TestSettle:
         headers = a.headers(ex)
         assert headers["x-ratelimit-limit-requests"] == "5"
         assert headers["x-ratelimit-remaining-requests"] == "4"
+        assert headers["x-ratelimit-reset-requests"] == "1m0s"  # NOW is on a minute
+
+
+class TestMinuteReset:
+    @pytest.mark.parametrize(
+        "now",
+        [
+            datetime(2026, 12, 2, 10, 30, tzinfo=UTC),
+            datetime(2026, 12, 2, 10, 30, 59, 999_999, tzinfo=UTC),
+            datetime(2026, 12, 31, 23, 59, 0, 1, tzinfo=UTC),
+            datetime(2028, 2, 29, 0, 0, 17, 250_000, tzinfo=UTC),
+        ],
+    )
+    def test_the_epoch_shortcut_is_seconds_to_reset(self, now: datetime) -> None:
+        from gatekeeper.budget.admission import _to_next_minute
+        from gatekeeper.budget.windows import seconds_to_reset
+
+        assert _to_next_minute(now) == pytest.approx(seconds_to_reset("minute", now), abs=1e-5)
