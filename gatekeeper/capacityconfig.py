@@ -44,6 +44,8 @@ class CapacityConfig:
     providers: Mapping[str, int] = field(default_factory=dict)  # provider -> its max_in_flight
     models: Mapping[str, int] = field(default_factory=dict)  # routed model -> its max_in_flight
     learn: LearnConfig = field(default_factory=LearnConfig)  # learned provider limits
+    # provider -> {tenant -> slots of that provider's limit only that tenant may use}
+    provider_reserved: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     @property
     def enabled(self) -> bool:
@@ -103,6 +105,43 @@ def _limits(data: object, key: str, what: str, node_limit: int) -> dict[str, int
     return dict(data)
 
 
+def _reserved(data: object, path: str, limit: int, limit_name: str) -> dict[str, int]:
+    """``{tenant: slots}``, each >= 1, all of them together within ``limit``."""
+    data = data or {}
+    if not isinstance(data, dict) or not all(
+        isinstance(t, str) and t and type(n) is int and n > 0 for t, n in data.items()
+    ):
+        raise ConfigError(f"{path}: a mapping of tenant name to a slot count >= 1")
+    if sum(data.values()) > limit:
+        raise ConfigError(
+            f"{path}: {sum(data.values())} slots reserved, more than {limit_name} ({limit})"
+        )
+    return dict(data)
+
+
+def _provider_reserved(
+    data: object, providers: Mapping[str, int], learn: LearnConfig
+) -> dict[str, dict[str, int]]:
+    """``capacity.provider_reserved``: per provider with a limit, tenant -> its slots.
+
+    With learned limits a provider's limit may fall to ``learn.min_in_flight``, so the
+    reservations must fit under that floor for the guarantee to hold at any limit."""
+    if data is None or data == {}:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("capacity.provider_reserved: a mapping of provider name to reservations")
+    out: dict[str, dict[str, int]] = {}
+    for name, tenants in data.items():
+        path = f"capacity.provider_reserved.{name}"
+        if name not in providers:
+            raise ConfigError(f"{path}: the provider has no limit in capacity.providers")
+        limit, what = providers[name], f"capacity.providers.{name}"
+        if learn.enabled:
+            limit, what = min(limit, learn.min_in_flight), "capacity.learn.min_in_flight"
+        out[name] = _reserved(tenants, path, limit, what)
+    return out
+
+
 def parse_capacity(data: object) -> CapacityConfig:
     s = Section(data, "capacity")
     s.unknown(
@@ -117,6 +156,7 @@ def parse_capacity(data: object) -> CapacityConfig:
             "providers",
             "models",
             "learn",
+            "provider_reserved",
         }
     )
     lanes_data = s.data.get("lanes") or {}
@@ -124,27 +164,20 @@ def parse_capacity(data: object) -> CapacityConfig:
         raise ConfigError(f"capacity.lanes: a mapping with keys among {', '.join(LANES)}")
     lanes = {n: _lane(lanes_data.get(n), f"capacity.lanes.{n}") for n in LANES}
     limit = s.integer("max_in_flight", 0)
-    reserved_data = s.data.get("reserved") or {}
-    if not isinstance(reserved_data, dict) or not all(
-        isinstance(t, str) and t and type(n) is int and n > 0 for t, n in reserved_data.items()
-    ):
-        raise ConfigError("capacity.reserved: a mapping of tenant name to a slot count >= 1")
-    if sum(reserved_data.values()) > limit:
-        raise ConfigError(
-            f"capacity.reserved: {sum(reserved_data.values())} slots reserved, more than "
-            f"capacity.max_in_flight ({limit})"
-        )
+    reserved_data = _reserved(s.data.get("reserved"), "capacity.reserved", limit, "max_in_flight")
     providers = _limits(s.data.get("providers"), "providers", "provider", limit)
     models = _limits(s.data.get("models"), "models", "model", limit)
+    learn = _learn(s.data.get("learn"), providers)
     return CapacityConfig(
         max_in_flight=limit,
         providers=providers,
         models=models,
-        learn=_learn(s.data.get("learn"), providers),
+        learn=learn,
+        provider_reserved=_provider_reserved(s.data.get("provider_reserved"), providers, learn),
         default_priority=s.choice("default_priority", "standard", LANES),
         lanes=lanes,
         max_queued=s.integer("max_queued", _DEFAULT.max_queued, minimum=1),
-        reserved=dict(reserved_data),
+        reserved=reserved_data,
         max_skips=s.integer("max_skips", _DEFAULT.max_skips, minimum=1),
         retry_after_s=s.number("retry_after_s", _DEFAULT.retry_after_s),
     )

@@ -9,7 +9,8 @@ slot if it was granted at that very moment. A shed request never reached the bud
 or a provider: it is charged nothing and does not count against provider health.
 
 A routed model or provider with a limit of its own (``capacity.models``,
-``capacity.providers``) has a gate of its own, a ``CapacityGate`` without reservations;
+``capacity.providers``) has a gate of its own, a ``CapacityGate`` whose reservations
+are the provider's ``capacity.provider_reserved`` (models have none);
 a request passes through them in the order model, provider, node (``_through``).
 With ``capacity.learn`` the provider limits move (``learn.Aimd``): ``observe`` takes
 every finished upstream attempt (the provider pool's hook) and resizes that provider's
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from gatekeeper.auth.claims import Claims
@@ -75,14 +76,17 @@ class CapacityGate:
         self.metrics: LaneMetrics = metrics or _NoMetrics()
         self.clock = clock
         self.budgets = tuple(min(config.lanes[n].max_wait_s, request_timeout_s) for n in LANES)
-        inner = dataclasses.replace(config, reserved={}, providers={}, models={})
+        inner = dataclasses.replace(
+            config, reserved={}, providers={}, models={}, provider_reserved={}
+        )
 
-        def limit(n: int) -> CapacityGate:  # the same lanes, no reservations
-            return CapacityGate(
-                dataclasses.replace(inner, max_in_flight=n), request_timeout_s, metrics, clock
-            )
+        def limit(n: int, reserved: Mapping[str, int] | None = None) -> CapacityGate:
+            # the same lanes; reservations only where ``provider_reserved`` gives them
+            own = dataclasses.replace(inner, max_in_flight=n, reserved=dict(reserved or {}))
+            return CapacityGate(own, request_timeout_s, metrics, clock)
 
-        self.providers = {name: limit(n) for name, n in config.providers.items()}
+        reserved = config.provider_reserved
+        self.providers = {n: limit(c, reserved.get(n)) for n, c in config.providers.items()}
         self.models = {name: limit(n) for name, n in config.models.items()}
         self.limited = bool(self.providers or self.models)
         learn = config.learn

@@ -289,6 +289,38 @@ def test_a_provider_limit_queues_its_own_requests_only(
     assert seen(fake_openai) == ["slow1", "fast1", "slow2"]
 
 
+def test_a_provider_reservation_lets_its_tenant_past_the_queue_of_others(
+    start_gateway: Callable[..., GatewayProcess],
+    fake_openai: FakeOpenAI,
+    issuer: Issuer,
+    hold: threading.Event,
+    pool: ThreadPoolExecutor,
+) -> None:
+    """capacity.provider_reserved: 1 of openai's 2 slots is big's; acme gets the other one
+    and queues for more, while big's request goes upstream at once, past acme's queue."""
+    timeouts = {"connect_s": 2, "first_byte_s": 30, "total_s": 30}
+    gw = start_gateway(
+        providers=[openai_provider("openai", fake_openai, timeouts=timeouts)],
+        models=[chat_model(MODEL, "openai")],
+        capacity={
+            "max_in_flight": 8,
+            "providers": {"openai": 2},
+            "provider_reserved": {"openai": {"big": 1}},
+        },
+    )
+    acme, big = issuer.token(tenant="acme"), issuer.token(tenant="big")
+    futures = [pool.submit(ask, gw, acme, "acme1")]
+    until("acme1 upstream", lambda: seen(fake_openai) == ["acme1"])
+    futures.append(pool.submit(ask, gw, acme, "acme2"))  # big's slot is idle, and not lent
+    until("acme2 queued", lambda: queued(gw) == 1)
+    futures.append(pool.submit(ask, gw, big, "big1"))
+    until("big1 upstream past the queued acme2", lambda: "big1" in seen(fake_openai))
+    assert queued(gw) == 1 and "acme2" not in seen(fake_openai)
+    hold.set()
+    assert [f.result()[0] for f in futures] == [200] * 3
+    assert seen(fake_openai) == ["acme1", "big1", "acme2"]
+
+
 def test_a_model_limit_queues_that_model_only_on_a_shared_provider(
     start_gateway: Callable[..., GatewayProcess],
     fake_openai: FakeOpenAI,
