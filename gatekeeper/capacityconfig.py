@@ -164,7 +164,9 @@ def parse_capacity(data: object) -> CapacityConfig:
         raise ConfigError(f"capacity.lanes: a mapping with keys among {', '.join(LANES)}")
     lanes = {n: _lane(lanes_data.get(n), f"capacity.lanes.{n}") for n in LANES}
     limit = s.integer("max_in_flight", 0)
-    reserved_data = _reserved(s.data.get("reserved"), "capacity.reserved", limit, "max_in_flight")
+    reserved_data = _reserved(
+        s.data.get("reserved"), "capacity.reserved", limit, "capacity.max_in_flight"
+    )
     providers = _limits(s.data.get("providers"), "providers", "provider", limit)
     models = _limits(s.data.get("models"), "models", "model", limit)
     learn = _learn(s.data.get("learn"), providers)
