@@ -73,3 +73,16 @@ def test_the_two_builds_take_turns_going_first() -> None:
         ["direct", "this build", "baseline", "plain"],
     ]
     assert [sc.target.name for sc in round_order(matrix, 1)] == names  # nothing to swap
+
+
+def test_the_ab_ratio_is_the_median_of_the_paired_rounds() -> None:
+    """``bench.ab``: round i of this build over round i of the baseline, then the median;
+    a round where both builds were slowed alike does not move it."""
+    from bench.ab import Round
+    from bench.ab import paired as ab_paired
+
+    ours = [Round(900, 110, 1.0), Round(450, 220, 2.0), Round(1000, 100, 1.0)]
+    theirs = [Round(1000, 100, 1.0), Round(500, 200, 2.0), Round(1000, 100, 1.1)]
+    assert ab_paired(ours, theirs, "throughput") == 0.9
+    assert math.isclose(ab_paired(ours, theirs, "cpu_us"), 1.1)
+    assert math.isclose(ab_paired(ours, theirs, "p50_ms"), 1.0)

@@ -1,0 +1,127 @@
+"""This build against another, round by round: CPU per request from ``/proc``.
+
+    .venv/bin/python -m bench.ab --baseline ../before [--rounds 6] [--connections 32]
+                                 [--duration 5] [--streams 0]
+
+Starts one ``bench.upstream`` and, in front of it, this tree's gateway and the baseline
+tree's (``bench/baseline_build.py``; each with its own nats-server), then alternates
+them round by round: even rounds this build first, odd rounds the baseline first. Each
+round is one ``wrk`` run per build at ``--connections`` (or, with ``--streams N``, N
+streaming chat completions per build, 8 at a time). What it prints, per round and then
+as the median of the per-round ratios (this build ÷ the baseline):
+
+* throughput (req/s, or chunks/s for streams);
+* CPU per request or stream: the gateway process tree's utime + stime over the round,
+  divided by what it served;
+* p50 latency (wrk's), or TTFT p50 for streams.
+
+A paired ratio is steadier than a ratio of medians on a shared machine: a slow minute
+slows both halves of a round. ``bench.run --baseline`` gives the bars; this is the
+quicker look, and what the notes in BENCHMARKS.md call the A/B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import baseline_build
+from bench.loadgen import cpu_seconds, process_tree, run_streams, run_wrk
+from bench.run import launch_gateway, start_server
+from gatekeeper.bus.embedded import EmbeddedNats, free_port
+from tests.harness.gateway import Issuer
+
+__all__ = ["Round", "main", "paired"]
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    throughput: float  # req/s or chunks/s
+    cpu_us: float  # per request or stream
+    p50_ms: float  # latency p50 or TTFT p50
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    name: str
+    url: str
+    token: str
+    pid: int  # its process tree is measured
+
+
+def paired(ours: list[Round], theirs: list[Round], field: str) -> float:
+    """The median over rounds of ours ÷ theirs for one field (pure)."""
+    ratios: list[float] = [
+        getattr(a, field) / getattr(b, field) for a, b in zip(ours, theirs, strict=True)
+    ]
+    return statistics.median(ratios)
+
+
+def measure(build: Build, opts: argparse.Namespace) -> Round:
+    pids = process_tree(build.pid)
+    before = cpu_seconds(pids)
+    if opts.streams:
+        s = run_streams(build.url, build.token, opts.streams, 8)
+        if s.failed:
+            raise RuntimeError(f"{build.name}: {s.failed} streams failed")
+        spent = cpu_seconds(pids) - before
+        return Round(s.chunks_per_s, spent / opts.streams * 1e6, s.ttft_p50_ms)
+    w, _ = run_wrk(build.url, opts.connections, opts.duration, build.token)
+    if w.non_2xx or w.socket_errors:
+        raise RuntimeError(f"{build.name}: {w.non_2xx} non-2xx, {w.socket_errors} socket errors")
+    spent = cpu_seconds(pids) - before
+    return Round(w.rps, spent / max(1, w.requests) * 1e6, w.p50_ms)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
+    p.add_argument("--baseline", type=Path, required=True, help="a checkout with its .venv")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    p.add_argument("--streams", type=int, default=0, help="N streams per round instead of wrk")
+    opts = p.parse_args()
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gk-ab-")))
+        port = free_port()
+        start_server(stack, "bench.upstream", [], tmp, port)
+        upstream = f"http://127.0.0.1:{port}"
+        nats = EmbeddedNats(tmp / "nats", name="ab-nats")
+        stack.callback(nats.stop)
+        nats.start()
+        issuer = Issuer(tmp / "issuer")
+        gw = launch_gateway(stack, tmp, upstream, nats.url, issuer, 1)
+        assert gw.proc is not None
+        token = issuer.token("bench", budget_tokens=10**12, rpm=10**9, tpm=10**12)
+        base = baseline_build.start(opts.baseline, upstream, tmp, stack)
+        ours = Build("this build", gw.url, token, gw.proc.pid)
+        theirs = Build(base.label, base.url, base.token, base.pid)
+        for build in (ours, theirs):  # warm-up, not counted
+            run_wrk(build.url, opts.connections, 2, build.token)
+        results: dict[str, list[Round]] = {ours.name: [], theirs.name: []}
+        for i in range(opts.rounds):
+            for build in (ours, theirs) if i % 2 == 0 else (theirs, ours):
+                results[build.name].append(measure(build, opts))
+            a, b = results[ours.name][-1], results[theirs.name][-1]
+            print(
+                f"round {i + 1}: this {a.throughput:9.0f}/s {a.cpu_us:6.0f} µs {a.p50_ms:7.3f} ms"
+                f" | {theirs.name} {b.throughput:9.0f}/s {b.cpu_us:6.0f} µs {b.p50_ms:7.3f} ms",
+                flush=True,
+            )
+        unit = "chunks/s" if opts.streams else "req/s"
+        what = "stream" if opts.streams else "request"
+        for field, label in (
+            ("throughput", unit),
+            ("cpu_us", f"CPU per {what}"),
+            ("p50_ms", "TTFT p50" if opts.streams else "p50"),
+        ):
+            ratio = paired(results[ours.name], results[theirs.name], field)
+            print(f"{label}: {ratio:.3f}× (median of {opts.rounds} paired rounds)")
+
+
+if __name__ == "__main__":
+    main()
