@@ -150,7 +150,6 @@ class Pipeline:
         ex.upstream_wire = self._wire(served.model)
         ex.stream_state = served.result.state
         ex.ttft_ms = ex.elapsed_ms()
-        self.auditor.routed(ex)  # a stream may run for minutes: say how it was routed now
         # mid-stream failover (docs/failover.md): a cut stream is finished by the next model
         stream, ex.resumed = stitch.stitch(self.pool, served, call, ex.route.plan, deadline, resume)
         out = ingress.stream(ex) if ingress is not None else None

@@ -58,6 +58,9 @@ def stream_reply(
         finished = False
         try:
             await write(stream.first if out is None else out.feed(stream.first))
+            # a stream may run for minutes: say how it was routed now, once the first
+            # chunk is on its way (the routing event is not on the time to first token)
+            asyncio.get_running_loop().call_soon(rec.auditor.routed, ex)
             async with asyncio.timeout(max(0.0, budget_s - (time.perf_counter() - t0))):
                 await drain(stream, write if out is None else lambda part: write(out.feed(part)))
             ex.usage = stream.state.usage

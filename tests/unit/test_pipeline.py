@@ -9,6 +9,8 @@ once, the fair-share slot given back.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +25,7 @@ from gatekeeper.config import Config
 from gatekeeper.errors import AuthError, BudgetExceeded, ProviderUnavailable
 from gatekeeper.exchange import Exchange
 from gatekeeper.pipeline import Pipeline
-from gatekeeper.providers.base import Call, Reply, ReplyStream, Usage
+from gatekeeper.providers.base import Call, Reply, ReplyStream, StreamState, Usage
 from gatekeeper.providers.pool import ProviderPool
 from gatekeeper.routing.decision import RouteDecision
 from gatekeeper.routing.matrix import ModelSpec
@@ -119,6 +121,7 @@ class Provider:
     kind: str = "openai"
     total_timeout_s: float = 30.0
     calls: list[Call] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def chat(self, call: Call) -> Reply:
         self.calls.append(call)
@@ -131,7 +134,21 @@ class Provider:
         return Reply(b'{"data":[]}', Usage(2, 0))
 
     async def chat_stream(self, call: Call) -> ReplyStream:
-        raise NotImplementedError
+        self.calls.append(call)
+        state = StreamState()
+        release = self.release = asyncio.Event()
+
+        async def rest() -> AsyncIterator[bytes]:
+            await release.wait()  # the rest of the answer comes when the test says so
+            state.usage, state.completed = Usage(3, 4), True
+            yield b'data: {"choices":[{"delta":{"content":" there"}}]}\n\n'
+
+        async def close() -> None:
+            return None
+
+        return ReplyStream(
+            b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n', rest(), state, close
+        )
 
     async def aclose(self) -> None:
         return None
@@ -212,6 +229,39 @@ class TestChat:
         assert (ex.status, ex.error_code) == (500, "internal_error")
         assert admission.calls == ["admit", "settle"]
         assert p.concurrency.in_flight == 0
+
+
+class TestStream:
+    async def test_a_stream_says_how_it_was_routed_after_its_first_chunk(self) -> None:
+        """The routing event of a stream is sent while it runs, once its first chunk is
+        on its way (not on the time to first token); one record when it ends."""
+        admission, auditor, up = Admission(), Auditor(), Provider()
+        p = pipeline(up, admission, auditor)
+        response = await p.chat_completions(
+            Request({**BODY, "stream": True}), "req_s", time.perf_counter()
+        )
+        assert auditor.routed_ids == []  # nothing sent yet: the event waits for the chunk
+        sent: list[dict[str, Any]] = []
+        first = asyncio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if message.get("body"):
+                first.set()
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()  # the client stays
+            return {"type": "http.disconnect"}
+
+        task = asyncio.ensure_future(response({"type": "http"}, receive, send))
+        await first.wait()
+        await asyncio.sleep(0)
+        assert auditor.routed_ids == ["req_s"] and auditor.records == []
+        up.release.set()
+        await task
+        assert [ex.request_id for ex in auditor.records] == ["req_s"]
+        assert auditor.routed_ids == ["req_s"]
+        assert sent[-2]["body"] == b"data: [DONE]\n\n"
 
 
 class TestEmbeddings:
