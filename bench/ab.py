@@ -1,7 +1,7 @@
 """This build against another, round by round: CPU per request from ``/proc``.
 
     .venv/bin/python -m bench.ab --baseline ../before [--rounds 6] [--connections 32]
-                                 [--duration 5] [--streams 0]
+                                 [--duration 5] [--streams 0] [--chunks 20]
 
 Starts one ``bench.upstream`` and, in front of it, this tree's gateway and the baseline
 tree's (``bench/baseline_build.py``; each with its own nats-server), then alternates
@@ -84,11 +84,12 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--streams", type=int, default=0, help="N streams per round instead of wrk")
+    p.add_argument("--chunks", type=int, default=20, help="content chunks per upstream stream")
     opts = p.parse_args()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gk-ab-")))
         port = free_port()
-        start_server(stack, "bench.upstream", [], tmp, port)
+        start_server(stack, "bench.upstream", ["--chunks", str(opts.chunks)], tmp, port)
         upstream = f"http://127.0.0.1:{port}"
         nats = EmbeddedNats(tmp / "nats", name="ab-nats")
         stack.callback(nats.stop)
