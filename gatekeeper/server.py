@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import signal
 import socket
 import ssl
@@ -117,28 +118,36 @@ def banner(
     lines += nats_line(config.nats, nats_url, anonymous_ok)
     if demo:
         lines.append("  Provider: built-in demo (no provider API key set; answers are canned)")
-    if token_file:
+    if token_file:  # logs are collected: the examples read the token from its file
         lines.append(f"  Dev token (valid 30 days): written to {token_file} (mode 0600)")
+        header = f'"Authorization: Bearer $(cat {shlex.quote(token_file)})"'
+        lines += _examples(base, model, header, f"open({token_file!r}).read().strip()")
     elif token:
         lines += [
             "",
             f"Dev token (valid 30 days, signed by the dev issuer in {config.auth.dev_issuer_dir}):",
             f"  {token}",
-            "",
-            "Try it:",
-            f"  curl {base}/chat/completions \\",
-            f"    -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\",
-            f'    -d \'{{"model": "{model}", "messages": [{{"role": "user", '
-            '"content": "Hello!"}]}\'',
-            "",
-            "Or with the OpenAI SDK:",
-            "  from openai import OpenAI",
-            f'  client = OpenAI(base_url="{base}", api_key="<the dev token>")',
-            f'  reply = client.chat.completions.create(model="{model}",',
-            '      messages=[{"role": "user", "content": "Hello!"}])',
-            "  print(reply.choices[0].message.content)",
         ]
+        lines += _examples(base, model, f"'Authorization: Bearer {token}'", '"<the dev token>"')
     return "\n".join(lines) + "\n"
+
+
+def _examples(base: str, model: str, auth_header: str, python_token: str) -> list[str]:
+    """A curl and an OpenAI SDK call; the token as the shell and Python should write it."""
+    return [
+        "",
+        "Try it:",
+        f"  curl {base}/chat/completions \\",
+        f"    -H {auth_header} -H 'Content-Type: application/json' \\",
+        f'    -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}\'',
+        "",
+        "Or with the OpenAI SDK:",
+        "  from openai import OpenAI",
+        f'  client = OpenAI(base_url="{base}", api_key={python_token})',
+        f'  reply = client.chat.completions.create(model="{model}",',
+        '      messages=[{"role": "user", "content": "Hello!"}])',
+        "  print(reply.choices[0].message.content)",
+    ]
 
 
 def _reuse_port_socket(host: str, port: int) -> socket.socket:

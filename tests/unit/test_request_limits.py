@@ -153,6 +153,7 @@ class TestDevToken:
         assert os.stat(path).st_mode & 0o077 == 0
         text = banner(cfg, "v4.public.secret-token", "nats://x", False, path)
         assert "secret-token" not in text and path in text
+        assert f"$(cat {path})" in text and f"open({path!r})" in text  # the examples read it
         shown = banner(replace(cfg), "v4.public.secret-token", "nats://x", False)
         assert "secret-token" in shown
 
