@@ -66,6 +66,13 @@ def block(text: str, title: str) -> str:
     return textwrap.dedent("\n".join(lines[:end]))
 
 
+def run_in(cwd: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``argv`` run where `make run` ran; it must succeed."""
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_the_banner_examples_answer_and_the_token_stays_in_its_file(
     banner: str, tmp_path: Path
 ) -> None:
@@ -74,25 +81,8 @@ def test_the_banner_examples_answer_and_the_token_stays_in_its_file(
     curl = block(banner, "Try it:")
     assert "$(cat " in curl
     if shutil.which("curl") and shutil.which("bash"):  # a machine without them: the SDK only
-        done = subprocess.run(
-            ["bash", "-c", curl + " --silent --show-error"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
+        done = run_in(tmp_path, ["bash", "-c", curl + " --silent --show-error"])
         reply = json.loads(done.stdout)
         assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["content"]
     sdk = block(banner, "Or with the OpenAI SDK:")
-    ran = subprocess.run(
-        [sys.executable, "-c", sdk],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.strip()  # the demo's canned answer
+    assert run_in(tmp_path, [sys.executable, "-c", sdk]).stdout.strip()  # the demo's canned answer
