@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gatekeeper.bus.embedded import free_port
@@ -48,7 +49,7 @@ def banner(tmp_path: Path) -> Iterator[str]:
     try:
         deadline = time.monotonic() + 60
         text = ""
-        while '"node.started"' not in text or "print(reply" not in text:
+        while "print(reply" not in text or not answering(port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"gateway did not start:\n{text[-3000:]}")
             time.sleep(0.2)
@@ -57,6 +58,14 @@ def banner(tmp_path: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def answering(port: int) -> bool:
+    """The gateway's listener is up and ready (the banner is printed before it is)."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def block(text: str, title: str) -> str:
