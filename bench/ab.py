@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import tempfile
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
-from bench import baseline_build
+from bench import baseline_build, report
 from bench.loadgen import cpu_seconds, process_tree, run_streams, run_wrk
 from bench.run import launch_gateway, start_server
 from gatekeeper.bus.embedded import EmbeddedNats, free_port
@@ -54,11 +54,8 @@ class Build:
 
 
 def paired(ours: list[Round], theirs: list[Round], field: str) -> float:
-    """The median over rounds of ours ÷ theirs for one field (pure)."""
-    ratios: list[float] = [
-        getattr(a, field) / getattr(b, field) for a, b in zip(ours, theirs, strict=True)
-    ]
-    return statistics.median(ratios)
+    """The median over rounds of ours ÷ theirs for one field (``bench.report.paired``)."""
+    return report.paired(list(zip(ours, theirs, strict=True)), attrgetter(field))
 
 
 def measure(build: Build, opts: argparse.Namespace) -> Round:
