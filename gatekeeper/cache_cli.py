@@ -3,8 +3,11 @@
 Run with operator credentials (a node user may not purge a stream): one
 ``STREAM.PURGE`` of ``KV_BH_CACHE`` filtered by the key prefix
 ``<tenant token>.<model token | *>.*`` (docs/capacity.md), then the matching payloads
-in ``BH_CACHE_OBJ``. Prints how many entries went. Entries other nodes are writing at
-the same moment may land after the purge; they are the tenant's new answers.
+in ``BH_CACHE_OBJ``. A stream purge tells no watcher, so a KV purge marker then follows
+for each key that was listed: the nodes' key indexes drop those keys, and no gateway
+serves them again from the answers it keeps in memory (``cache/memory.py``). Prints how
+many entries went. Entries other nodes are writing at the same moment may land after the
+purge; they are the tenant's new answers.
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ async def purge(nc: Client, args: argparse.Namespace) -> int:
     js = nc.jetstream()
     prefix = tenant_prefix(args.tenant, args.model or None)
     tenant_tok, model_tok, _ = prefix.split(".")
-    keys = await _keys(await js.key_value(CACHE_BUCKET), prefix)
+    kv = await js.key_value(CACHE_BUCKET)
+    keys = await _keys(kv, prefix)
     await js.purge_stream(f"KV_{CACHE_BUCKET}", subject=f"$KV.{CACHE_BUCKET}.{prefix}")
+    for name in keys:  # after the stream purge, which would drop the markers too
+        await kv.purge(name)
     objects = 0
     try:
         store = await js.object_store(CACHE_OBJECTS)

@@ -56,6 +56,7 @@ from gatekeeper.bus.streams import (
     ensure_streams,
 )
 from gatekeeper.cache.index import KeyIndex, watch_index
+from gatekeeper.cache.memory import AnswerMemory
 from gatekeeper.cache.secret import load_cache_secret
 from gatekeeper.cache.service import ResultCache
 from gatekeeper.cache.store import CacheStore
@@ -436,6 +437,7 @@ async def build_cache(
         timeout_s=config.cache.lookup_timeout_s,
         on_rejected=lambda reason: metrics.control_rejected("cache_entry", reason),
         index=index,
+        memory=AnswerMemory(config.cache.memory_bytes) if config.cache.memory_bytes else None,
     )
     secret = load_cache_secret(config.cache.key_secret_file)
     return ResultCache(config.cache, store, pool, secret, metrics)

@@ -14,8 +14,10 @@ It can be wrong in two harmless directions:
 * a key another node stored a moment ago that the watch has not delivered yet: a miss
   where a hit was possible (one more upstream call, as if the request had come earlier).
 
-It never makes an answer: an entry is still read, and its signature checked, before it
-is served.
+It never makes an answer by itself. It also keeps, for each key, the bucket revision the
+watch last delivered: a verified answer kept in memory (``cache.memory``) is served again
+only while that revision is still the key's latest, so a delete, a purge, an overwrite
+(a forged one too) or a watch that is not trusted sends the lookup back to the bucket.
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ DELETES = ("DEL", "PURGE")
 
 
 class KeyIndex:
-    """The set of keys the bucket holds (pure: the watch loop below feeds it)."""
+    """The keys the bucket holds, each with the latest revision the watch delivered
+    (0: put by this node, not yet seen on the watch). Pure: the watch loop feeds it."""
 
     __slots__ = ("_full", "_keys", "max_keys", "ready", "restarts")
 
     def __init__(self, max_keys: int) -> None:
         self.max_keys = max_keys
-        self._keys: set[str] = set()
+        self._keys: dict[str, int] = {}
         self._full = False  # a key was not kept for want of room
         self.ready = False  # trusted: a key not in the set is not in the bucket
         self.restarts = 0  # watches begun (each starts from nothing)
@@ -55,18 +58,25 @@ class KeyIndex:
         """False only when the bucket is known not to hold ``key``."""
         return not self.ready or key in self._keys
 
-    def stored(self, key: str) -> None:
-        """``key`` was put (by this node, or seen on the watch)."""
-        if key in self._keys:
+    def revision(self, key: str) -> int:
+        """The key's latest revision seen on the watch; 0 when unknown or untrusted."""
+        return self._keys.get(key, 0) if self.ready else 0
+
+    def stored(self, key: str, revision: int = 0) -> None:
+        """``key`` was put: by this node (``revision`` 0), or at ``revision`` on the watch."""
+        held = self._keys.get(key)
+        if held is not None:
+            if revision > held:  # the watch delivers in order; an own put never lowers it
+                self._keys[key] = revision
             return
         if len(self._keys) >= self.max_keys:  # too many to know: ask the bucket
             self._full, self.ready = True, False
             return
-        self._keys.add(key)
+        self._keys[key] = revision
 
     def gone(self, key: str) -> None:
         """``key`` was deleted, purged, or not found when read."""
-        self._keys.discard(key)
+        self._keys.pop(key, None)
 
     def restart(self) -> None:
         """A new watch begins: untrusted until it has delivered the current keys."""
@@ -125,6 +135,6 @@ async def _feed(kv: KeyValue, watcher: KeyValue.KeyWatcher, index: KeyIndex) -> 
         if entry.operation in DELETES:
             index.gone(entry.key)
         else:
-            index.stored(entry.key)
+            index.stored(entry.key, entry.revision or 0)
         if entry.delta == 0:
             index.caught_up()

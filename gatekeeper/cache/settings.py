@@ -23,6 +23,8 @@ class CacheConfig:
     lookup_timeout_s: float = 0.25  # a slower KV read is a miss
     coalesce: bool = True  # identical concurrent requests share one upstream call
     index_max_keys: int = 500_000  # keys known locally (a miss without a read); 0: always read
+    memory_bytes: int = 64 * 1024 * 1024  # verified answers kept per process (a hit without a
+    # read, while the index says the entry is the key's latest); 0: every hit reads BH_CACHE
     key_secret_file: str = ""  # the cluster's HMAC key of cache keys (embedded dev: created)
 
 
@@ -56,6 +58,7 @@ def parse_cache(data: object) -> CacheConfig:
             "lookup_timeout_s",
             "coalesce",
             "index_max_keys",
+            "memory_bytes",
             "key_secret_file",
         }
     )
@@ -70,6 +73,7 @@ def parse_cache(data: object) -> CacheConfig:
         lookup_timeout_s=s.number("lookup_timeout_s", _DEFAULT.lookup_timeout_s),
         coalesce=s.flag("coalesce", True),
         index_max_keys=s.integer("index_max_keys", _DEFAULT.index_max_keys, minimum=0),
+        memory_bytes=s.integer("memory_bytes", _DEFAULT.memory_bytes, minimum=0),
         key_secret_file=s.text("key_secret_file", ""),
     )
 

@@ -3,7 +3,9 @@
 Thin I/O around ``entry``: ``get`` returns a verified answer or ``None`` (absent,
 expired, forged, garbled, or NATS unavailable: every failure is a miss, never an
 error for the client); ``put`` never raises either (a cache that cannot store just
-does not).
+does not). With a ``memory`` (and a trusted key index), an answer this node stored or
+verified is served again without a read while the index says it is the key's latest
+(``cache/memory.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from nats.js.object_store import ObjectStore
 
 from gatekeeper.cache.entry import CachedAnswer, EntryRejected, open_entry, seal_entry, split_value
 from gatekeeper.cache.index import KeyIndex
+from gatekeeper.cache.memory import AnswerMemory
 
 log = structlog.get_logger("gatekeeper.cache")
 
@@ -46,17 +49,30 @@ class CacheStore:
         clock: Callable[[], float] = time.time,
         on_rejected: Callable[[str], None] = lambda reason: None,
         index: KeyIndex | None = None,
+        memory: AnswerMemory | None = None,
     ) -> None:
         self.kv, self.objects, self.node_id = kv, objects, node_id
         self.signing_key, self.keys_of = signing_key, keys_of
         self.inline_max, self.timeout_s, self.clock = inline_max, timeout_s, clock
         self.on_rejected = on_rejected
         self.index = index  # the bucket's keys known here (None: every lookup reads)
+        self.memory = memory if index is not None else None  # it needs the index's revisions
+
+    def _keys(self, node: str) -> tuple[bytes, ...]:
+        return tuple(bytes(k) for k in self.keys_of(node))
 
     async def get(self, kv_key: str, tenant: str) -> CachedAnswer | None:
         index = self.index
         if index is not None and not index.may_hold(kv_key):
             return None  # known not to be there: a miss without a round trip
+        memory = self.memory
+        if memory is not None:
+            assert index is not None
+            revision = index.revision(kv_key)
+            if revision:
+                kept = memory.get(kv_key, tenant, revision, self.clock(), self._keys)
+                if kept is not None:
+                    return kept
         try:
             async with asyncio.timeout(self.timeout_s):
                 entry = await self.kv.get(kv_key)
@@ -64,7 +80,11 @@ class CacheStore:
                 header, payload = split_value(value)
                 if not payload and header.get("size"):
                     payload = await self._object(kv_key)
-            return open_entry(header, payload, kv_key, tenant, self.clock(), self.keys_of)
+            answer = open_entry(header, payload, kv_key, tenant, self.clock(), self.keys_of)
+            if memory is not None:
+                node, exp, revision = header["node"], header["exp"], entry.revision or 0
+                memory.keep(kv_key, tenant, answer, revision, exp, node, self._keys(node))
+            return answer
         except EntryRejected as exc:
             log.warning("cache.entry_rejected", key=kv_key[:80], reason=exc.reason)
             self.on_rejected(exc.reason)
@@ -83,23 +103,27 @@ class CacheStore:
         return result.data or b""
 
     async def put(self, kv_key: str, tenant: str, answer: CachedAnswer, ttl_s: float) -> bool:
+        exp = self.clock() + ttl_s
         try:
             header, payload = seal_entry(
-                self.signing_key, self.node_id, kv_key, tenant, answer, self.clock() + ttl_s
+                self.signing_key, self.node_id, kv_key, tenant, answer, exp
             )
         except UnicodeDecodeError:
             return False
         try:
             async with asyncio.timeout(self.timeout_s * 4):
                 if len(payload) <= self.inline_max:
-                    await self.kv.put(kv_key, header + b"\n" + payload)
+                    revision = await self.kv.put(kv_key, header + b"\n" + payload)
                 elif self.objects is not None:
                     await self.objects.put(kv_key, payload)
-                    await self.kv.put(kv_key, header + b"\n")
+                    revision = await self.kv.put(kv_key, header + b"\n")
                 else:
                     return False
             if self.index is not None:
                 self.index.stored(kv_key)
+            if self.memory is not None:
+                node = self.node_id
+                self.memory.keep(kv_key, tenant, answer, revision, exp, node, self._keys(node))
             return True
         except NATS_ERRORS as exc:
             log.info("cache.store_failed", key=kv_key[:80], error=type(exc).__name__)

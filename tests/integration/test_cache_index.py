@@ -15,8 +15,11 @@ from gatekeeper.bus.embedded import EmbeddedNats
 from gatekeeper.bus.streams import CACHE_BUCKET, ensure_streams
 from gatekeeper.cache.entry import CachedAnswer
 from gatekeeper.cache.index import KeyIndex, watch_index
+from gatekeeper.cache.memory import AnswerMemory
 from gatekeeper.cache.store import CacheStore
+from gatekeeper.cli import main
 from gatekeeper.providers.base import Usage
+from gatekeeper.subjects import subject_token, tenant_token
 
 
 async def until(check: Callable[[], bool], within: float = 5.0) -> None:
@@ -135,3 +138,80 @@ async def test_it_is_never_trusted_before_the_keys_are_in(nats_server: EmbeddedN
                 await until(lambda index=index: index.ready)
             seen += index.trusted_with
     assert seen and all(seen), f"trusted without the key {seen.count(False)} times"
+
+
+class CountingKV:
+    """The bucket as the store sees it, counting the reads."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv, self.reads = kv, 0
+
+    async def get(self, key: str) -> KeyValue.Entry:
+        self.reads += 1
+        return await self.kv.get(key)
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await self.kv.put(key, value)
+
+
+async def test_a_kept_answer_is_served_without_a_read_only_while_it_is_the_latest(
+    nats_server: EmbeddedNats,
+) -> None:
+    """Stored here: once the watch has delivered the store's revision, hits read nothing.
+    An overwrite (here a forgery), a delete, `gatekeeper cache purge` and a watch restart
+    each send the next lookup back to the bucket, and a forgery is never served."""
+    key = SigningKey.generate()
+    name = f"{tenant_token('acme')}.{subject_token('m')}.{1:064x}"
+    answer = CachedAnswer("m", Usage(3, 2), body=b'{"ok": true}')
+    async with bucket(nats_server.url) as kv:
+        counting = CountingKV(kv)
+        index, reconnects = KeyIndex(100), [0]
+        store = CacheStore(
+            counting,  # type: ignore[arg-type]
+            None,
+            "n1",
+            key,
+            lambda node: (key.verify_key,),
+            index=index,
+            memory=AnswerMemory(1 << 20),
+        )
+
+        async def store_and_wait() -> None:
+            assert await store.put(name, "acme", answer, 60)
+            await until(lambda: index.revision(name) != 0)  # the watch has seen the store
+
+        async with watching(kv, index, reconnects):
+            await until(lambda: index.ready)
+            await store_and_wait()
+            for _ in range(3):
+                got = await store.get(name, "acme")
+                assert got is not None and got.body == answer.body
+            assert counting.reads == 0
+            assert await store.get(name, "globex") is None  # another tenant: read, refused
+            assert counting.reads == 1
+
+            await store_and_wait()
+            before = index.revision(name)
+            await kv.put(name, b'{"v": 1}\nforged')  # a NATS writer overwrites it
+            await until(lambda: index.revision(name) > before)
+            assert await store.get(name, "acme") is None  # read, rejected, not served
+            assert counting.reads == 2
+
+            await store_and_wait()
+            await kv.delete(name)
+            await until(lambda: not index.may_hold(name))
+            assert await store.get(name, "acme") is None
+
+            await store_and_wait()
+            cli = ["cache", "purge", "--nats-url", nats_server.url, "--tenant", "acme"]
+            assert await asyncio.to_thread(main, cli) == 0  # the CLI runs its own loop
+            await until(lambda: not index.may_hold(name))
+            assert await store.get(name, "acme") is None
+
+            await store_and_wait()
+            reads = counting.reads
+            index.restart()  # as a broken watch or a reconnect does: untrusted, read the bucket
+            assert (await store.get(name, "acme")) is not None and counting.reads == reads + 1
+            reconnects[0] = 1  # a new watch, caught up again
+            await until(lambda: index.revision(name) != 0)
+            assert (await store.get(name, "acme")) is not None and counting.reads == reads + 1

@@ -51,3 +51,27 @@ class TestKeyIndex:
         index.stored("b")
         index.caught_up()
         assert not index.ready and index.may_hold("b")
+
+
+class TestRevisions:
+    def test_the_watch_sets_the_revision_and_an_own_put_never_lowers_it(self) -> None:
+        index = caught_up()
+        index.stored("a")  # this node's put, not yet seen on the watch
+        assert index.may_hold("a") and index.revision("a") == 0
+        index.stored("a", 7)  # the watch delivers it
+        index.stored("a")  # a late own put of the same key
+        assert index.revision("a") == 7
+        index.stored("a", 9)  # overwritten (by anyone)
+        assert index.revision("a") == 9
+
+    def test_no_revision_while_untrusted_or_gone(self) -> None:
+        index = KeyIndex(10)
+        index.stored("a", 3)
+        assert index.revision("a") == 0  # still loading
+        index.caught_up()
+        assert index.revision("a") == 3
+        index.gone("a")
+        index.stored("a")  # an own put acknowledged after the delete was seen
+        assert index.revision("a") == 0
+        index.restart()
+        assert index.revision("a") == 0
