@@ -38,6 +38,7 @@ from gatekeeper.budget.gossip import Gossip
 from gatekeeper.budget.ledger import BudgetLedger
 from gatekeeper.budget.sessions import SessionTracker
 from gatekeeper.budget.strict import StrictBook
+from gatekeeper.bus.acks import AckedPublisher
 from gatekeeper.bus.config_watch import MATRIX_KEY, ConfigWatcher, LiveConfig
 from gatekeeper.bus.connect import ErrorWatch, connect
 from gatekeeper.bus.events import EventBus
@@ -337,7 +338,7 @@ async def _build(
     )
     cache = None  # the result cache (docs/capacity.md): off unless configured
     if config.cache.enabled:
-        cache = await build_cache(config, nc, node_id, key, registry, pool, metrics)
+        cache = await build_cache(config, nc, node_id, key, registry, pool, metrics, audit.acks)
     capacity = None  # priority lanes (docs/capacity.md): off unless configured
     if config.capacity.enabled:
         capacity = CapacityGate(config.capacity, config.server.request_timeout_s, metrics)
@@ -422,6 +423,7 @@ async def build_cache(
     registry: NodeKeyRegistry,
     pool: ProviderPool,
     metrics: Metrics,
+    acks: AckedPublisher,
 ) -> ResultCache:
     """The result cache over BH_CACHE / BH_CACHE_OBJ, signing with this node's key."""
     js = nc.jetstream(timeout=2.0)
@@ -438,6 +440,8 @@ async def build_cache(
         on_rejected=lambda reason: metrics.control_rejected("cache_entry", reason),
         index=index,
         memory=AnswerMemory(config.cache.memory_bytes) if config.cache.memory_bytes else None,
+        acks=acks,  # started with the audit publisher
+        subject=f"$KV.{CACHE_BUCKET}.",
     )
     secret = load_cache_secret(config.cache.key_secret_file)
     return ResultCache(config.cache, store, pool, secret, metrics)

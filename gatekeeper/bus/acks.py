@@ -90,10 +90,17 @@ class AckedPublisher:
             fut.set_result(ack_stream_seq(msg.data))
 
     def send(
-        self, subject: str, data: bytes, msg_id: str, timeout_s: float, *, flush: bool = False
+        self,
+        subject: str,
+        data: bytes,
+        msg_id: str | None,
+        timeout_s: float,
+        *,
+        flush: bool = False,
     ) -> asyncio.Future[int]:
         """Publish; the returned future ends with JetStream's ack (the message's stream
-        sequence), an error or a timeout.
+        sequence), an error or a timeout. ``msg_id``: JetStream's de-duplication id
+        (None: none, as a KV put).
 
         ``flush``: write it to the socket at once (a caller about to do other work
         while the ack travels), not at the end of the loop turn."""
@@ -112,7 +119,7 @@ class AckedPublisher:
         self.pending.pop(n, None)
         self._deadlines.pop(n, None)
 
-    async def publish(self, subject: str, data: bytes, msg_id: str, timeout_s: float) -> int:
+    async def publish(self, subject: str, data: bytes, msg_id: str | None, timeout_s: float) -> int:
         """Publish and wait (bounded) for JetStream's ack; its stream sequence. Raises on
         an error or a timeout."""
         return await self.send(subject, data, msg_id, timeout_s)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import structlog
 from nacl.signing import SigningKey, VerifyKey
@@ -33,6 +34,14 @@ __all__ = ["CacheStore"]
 NATS_ERRORS = (NatsError, JsError, asyncio.TimeoutError, OSError)
 
 
+class Acks(Protocol):
+    """Acknowledged JetStream publishing (``bus.acks.AckedPublisher``): the stream sequence."""
+
+    def send(
+        self, subject: str, data: bytes, msg_id: str | None, timeout_s: float
+    ) -> Awaitable[int]: ...
+
+
 class CacheStore:
     """Reads and writes signed entries; ``inline_max`` bytes and below stay in the KV value."""
 
@@ -50,6 +59,8 @@ class CacheStore:
         on_rejected: Callable[[str], None] = lambda reason: None,
         index: KeyIndex | None = None,
         memory: AnswerMemory | None = None,
+        acks: Acks | None = None,
+        subject: str = "",  # the bucket's subject prefix, ``$KV.<bucket>.``, with ``acks``
     ) -> None:
         self.kv, self.objects, self.node_id = kv, objects, node_id
         self.signing_key, self.keys_of = signing_key, keys_of
@@ -57,6 +68,10 @@ class CacheStore:
         self.on_rejected = on_rejected
         self.index = index  # the bucket's keys known here (None: every lookup reads)
         self.memory = memory if index is not None else None  # it needs the index's revisions
+        # a put is a plain publish to the key's subject, acked like an audit record
+        # (bus/acks.py: no request/reply round of nats-py's per message); None: kv.put
+        self.acks = acks
+        self._subject = subject
 
     def _keys(self, node: str) -> tuple[bytes, ...]:
         return tuple(bytes(k) for k in self.keys_of(node))
@@ -96,6 +111,12 @@ class CacheStore:
         except NATS_ERRORS:  # NATS away or slow: a miss
             return None
 
+    async def _put(self, kv_key: str, value: bytes) -> int:
+        """The KV put; its revision."""
+        if self.acks is None or not self._subject:
+            return await self.kv.put(kv_key, value)
+        return await self.acks.send(self._subject + kv_key, value, None, self.timeout_s * 4)
+
     async def _object(self, kv_key: str) -> bytes:
         if self.objects is None:
             raise EntryRejected("no_object_store")
@@ -113,10 +134,10 @@ class CacheStore:
         try:
             async with asyncio.timeout(self.timeout_s * 4):
                 if len(payload) <= self.inline_max:
-                    revision = await self.kv.put(kv_key, header + b"\n" + payload)
+                    revision = await self._put(kv_key, header + b"\n" + payload)
                 elif self.objects is not None:
                     await self.objects.put(kv_key, payload)
-                    revision = await self.kv.put(kv_key, header + b"\n")
+                    revision = await self._put(kv_key, header + b"\n")
                 else:
                     return False
             if self.index is not None:
