@@ -11,6 +11,7 @@ import nats
 from nacl.signing import SigningKey
 from nats.js.kv import KeyValue
 
+from gatekeeper.bus.acks import AckedPublisher
 from gatekeeper.bus.embedded import EmbeddedNats
 from gatekeeper.bus.streams import CACHE_BUCKET, ensure_streams
 from gatekeeper.cache.entry import CachedAnswer
@@ -163,6 +164,9 @@ async def test_a_kept_answer_is_served_without_a_read_only_while_it_is_the_lates
     key = SigningKey.generate()
     name = f"{tenant_token('acme')}.{subject_token('m')}.{1:064x}"
     answer = CachedAnswer("m", Usage(3, 2), body=b'{"ok": true}')
+    nc = await nats.connect(nats_server.url)
+    acks = AckedPublisher(nc)  # stores acked as the gateway's are: the ack names the revision
+    await acks.start()
     async with bucket(nats_server.url) as kv:
         counting = CountingKV(kv)
         index, reconnects = KeyIndex(100), [0]
@@ -174,6 +178,8 @@ async def test_a_kept_answer_is_served_without_a_read_only_while_it_is_the_lates
             lambda node: (key.verify_key,),
             index=index,
             memory=AnswerMemory(1 << 20),
+            acks=acks,
+            subject=f"$KV.{CACHE_BUCKET}.",
         )
 
         async def store_and_wait() -> None:
@@ -215,3 +221,5 @@ async def test_a_kept_answer_is_served_without_a_read_only_while_it_is_the_lates
             reconnects[0] = 1  # a new watch, caught up again
             await until(lambda: index.revision(name) != 0)
             assert (await store.get(name, "acme")) is not None and counting.reads == reads + 1
+    await acks.stop()
+    await nc.close()
