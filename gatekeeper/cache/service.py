@@ -88,7 +88,7 @@ class ResultCache:
         self._secret = secret  # the HMAC key of cache keys: never logged
         self.metrics: CacheMetrics = metrics or _NoMetrics()
         self.coalescer = Coalescer()
-        self.stores: set[asyncio.Task[bool]] = set()
+        self.stores: set[asyncio.Future[Any]] = set()  # puts not yet acknowledged
 
     def plan(
         self, ex: Exchangeish, model: ModelSpec, call: Call, cache_control: str | None
@@ -111,9 +111,11 @@ class ResultCache:
         size = len(answer.body) + sum(len(c) for c in answer.chunks)
         if size > self.config.max_entry_bytes:
             return
-        task = asyncio.ensure_future(self.store.put(key, tenant, answer, ttl_s))
-        self.stores.add(task)
-        task.add_done_callback(self.stores.discard)
+        pending: asyncio.Future[Any] | None = self.store.put_soon(key, tenant, answer, ttl_s)
+        if pending is None:  # a large payload (Object Store), or no acked publisher
+            pending = asyncio.ensure_future(self.store.put(key, tenant, answer, ttl_s))
+        self.stores.add(pending)
+        pending.add_done_callback(self.stores.discard)
 
     async def aclose(self) -> None:
         await self.coalescer.aclose()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -39,7 +39,7 @@ class Acks(Protocol):
 
     def send(
         self, subject: str, data: bytes, msg_id: str | None, timeout_s: float
-    ) -> Awaitable[int]: ...
+    ) -> asyncio.Future[int]: ...
 
 
 class CacheStore:
@@ -123,6 +123,46 @@ class CacheStore:
         result = await self.objects.get(kv_key)
         return result.data or b""
 
+    def put_soon(
+        self, kv_key: str, tenant: str, answer: CachedAnswer, ttl_s: float
+    ) -> asyncio.Future[int] | None:
+        """``put`` without a task: sealed and published now, the index and the memory told
+        when the ack comes. Only for an inline answer with ``acks``; None: use ``put``."""
+        acks = self.acks
+        if acks is None or not self._subject:
+            return None
+        exp = self.clock() + ttl_s
+        try:
+            header, payload = seal_entry(
+                self.signing_key, self.node_id, kv_key, tenant, answer, exp
+            )
+        except UnicodeDecodeError:
+            return None
+        if len(payload) > self.inline_max:
+            return None
+        value = header + b"\n" + payload
+        ack = acks.send(self._subject + kv_key, value, None, self.timeout_s * 4)
+
+        def acked(fut: asyncio.Future[int]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                log.info(
+                    "cache.store_failed", key=kv_key[:80], error=type(fut.exception()).__name__
+                )
+                return
+            self._stored(kv_key, tenant, answer, fut.result(), exp)
+
+        ack.add_done_callback(acked)
+        return ack
+
+    def _stored(
+        self, kv_key: str, tenant: str, answer: CachedAnswer, revision: int, exp: float
+    ) -> None:
+        if self.index is not None:
+            self.index.stored(kv_key)
+        if self.memory is not None:
+            node = self.node_id
+            self.memory.keep(kv_key, tenant, answer, revision, exp, node, self._keys(node))
+
     async def put(self, kv_key: str, tenant: str, answer: CachedAnswer, ttl_s: float) -> bool:
         exp = self.clock() + ttl_s
         try:
@@ -140,11 +180,7 @@ class CacheStore:
                     revision = await self._put(kv_key, header + b"\n")
                 else:
                     return False
-            if self.index is not None:
-                self.index.stored(kv_key)
-            if self.memory is not None:
-                node = self.node_id
-                self.memory.keep(kv_key, tenant, answer, revision, exp, node, self._keys(node))
+            self._stored(kv_key, tenant, answer, revision, exp)
             return True
         except NATS_ERRORS as exc:
             log.info("cache.store_failed", key=kv_key[:80], error=type(exc).__name__)
