@@ -122,10 +122,13 @@ def run_wrk(
     threads: int = 1,
     headers: dict[str, str] | None = None,
     path: str = CHAT_PATH,
+    unique: bool = False,
 ) -> tuple[WrkResult, str]:
-    """One bounded wrk run against ``base_url`` + ``path``; returns (figures, raw report)."""
+    """One bounded wrk run against ``base_url`` + ``path``; returns (figures, raw report).
+    ``unique``: no two requests alike (each message content gets its own prefix)."""
     url = loopback_only(base_url.rstrip("/") + path)
     env = {**os.environ, "BENCH_TOKEN": token or "", "BENCH_BODY": body, "BENCH_PATH": path}
+    env["BENCH_UNIQUE"] = str(time.time_ns() % 1_000_000_007) if unique else ""
     env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())
     seconds = max(1, round(duration_s))
     cmd = [

@@ -22,3 +22,16 @@ if extra ~= nil then
     end
   end
 end
+-- BENCH_UNIQUE  a seed: every request's first "content" gets its own prefix (no two
+--               requests alike, e.g. a result cache's 0 % hit rate)
+local unique = os.getenv("BENCH_UNIQUE")
+if unique ~= nil and unique ~= "" then
+  math.randomseed(tonumber(unique))
+  local n = 0
+  request = function()
+    n = n + 1
+    local prefix = '"content":"' .. n .. "-" .. math.random(1000000000) .. " "
+    local body = wrk.body:gsub('"content":"', prefix, 1)
+    return wrk.format(nil, nil, nil, body)
+  end
+end

@@ -183,8 +183,9 @@ async def test_a_kept_answer_is_served_without_a_read_only_while_it_is_the_lates
         )
 
         async def store_and_wait() -> None:
+            seen = index.revision(name)
             assert await store.put(name, "acme", answer, 60)
-            await until(lambda: index.revision(name) != 0)  # the watch has seen the store
+            await until(lambda: index.revision(name) > seen)  # the watch has seen the store
 
         async with watching(kv, index, reconnects):
             await until(lambda: index.ready)
@@ -221,5 +222,15 @@ async def test_a_kept_answer_is_served_without_a_read_only_while_it_is_the_lates
             reconnects[0] = 1  # a new watch, caught up again
             await until(lambda: index.revision(name) != 0)
             assert (await store.get(name, "acme")) is not None and counting.reads == reads + 1
+
+            other = AnswerMemory(1 << 20)  # the gateway's way: sealed, published, no task
+            store.memory = other
+            ack = store.put_soon(name, "acme", answer, 60)
+            assert ack is not None and await ack > index.revision(name) > 0
+            await until(lambda: index.revision(name) == ack.result())
+            assert len(other) == 1  # kept when the ack came
+            got = await store.get(name, "acme")
+            assert got is not None and got.body == answer.body
+            assert counting.reads == reads + 1
     await acks.stop()
     await nc.close()
