@@ -26,6 +26,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -53,6 +54,28 @@ def ask(
     return took, r.headers.get("x-gatekeeper-cache", "")
 
 
+def surroundings(
+    stack: contextlib.ExitStack, tmp: Path
+) -> tuple[EmbeddedNats, Issuer, Path, dict[str, Any]]:
+    """What a cache bench's gateways need: the bench upstream (as a provider), a
+    nats-server, an issuer and a cache secret file; stopped when ``stack`` closes."""
+    up_port = free_port()
+    start_server(stack, "bench.upstream", [], tmp, up_port)
+    nats = EmbeddedNats(tmp / "nats", name="cache-bench")
+    stack.callback(nats.stop)
+    nats.start()
+    secret = tmp / "cache.secret"
+    secret.write_bytes(b"b" * 32)
+    secret.chmod(0o600)
+    provider = {
+        "name": "bench",
+        "kind": "openai",
+        "base_url": f"http://127.0.0.1:{up_port}/v1",
+        "api_key": "sk-bench",
+    }
+    return nats, Issuer(tmp / "issuer"), secret, provider
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=7)
@@ -60,21 +83,7 @@ def main() -> None:
     opts = p.parse_args()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gk-cache-ab-")))
-        up_port = free_port()
-        start_server(stack, "bench.upstream", [], tmp, up_port)
-        nats = EmbeddedNats(tmp / "nats", name="cache-ab")
-        stack.callback(nats.stop)
-        nats.start()
-        issuer = Issuer(tmp / "issuer")
-        secret = tmp / "cache.secret"
-        secret.write_bytes(b"b" * 32)
-        secret.chmod(0o600)
-        provider = {
-            "name": "bench",
-            "kind": "openai",
-            "base_url": f"http://127.0.0.1:{up_port}/v1",
-            "api_key": "sk-bench",
-        }
+        nats, issuer, secret, provider = surroundings(stack, tmp)
         config = base_config(
             [provider],
             [chat_model(MODEL, "bench")],

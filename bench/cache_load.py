@@ -23,11 +23,10 @@ from pathlib import Path
 
 from bench import report
 from bench.ab import Round
+from bench.cache_ab import surroundings
 from bench.loadgen import cpu_seconds, process_tree, run_wrk
-from bench.run import start_server
 from gatekeeper.auth.claims import CacheClaim
-from gatekeeper.bus.embedded import EmbeddedNats, free_port
-from tests.harness.gateway import GatewayProcess, Issuer, base_config, chat_model
+from tests.harness.gateway import GatewayProcess, base_config, chat_model
 
 MODEL = "gpt-4o-mini"
 BODY = (
@@ -56,21 +55,7 @@ def main() -> None:
     opts = p.parse_args()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gk-cache-load-")))
-        port = free_port()
-        start_server(stack, "bench.upstream", [], tmp, port)
-        nats = EmbeddedNats(tmp / "nats", name="cache-load")
-        stack.callback(nats.stop)
-        nats.start()
-        issuer = Issuer(tmp / "issuer")
-        secret = tmp / "cache.secret"
-        secret.write_bytes(b"b" * 32)
-        secret.chmod(0o600)
-        provider = {
-            "name": "bench",
-            "kind": "openai",
-            "base_url": f"http://127.0.0.1:{port}/v1",
-            "api_key": "sk-bench",
-        }
+        nats, issuer, secret, provider = surroundings(stack, tmp)
         gateways: dict[str, GatewayProcess] = {}
         for name, cache in (
             ("off", {"enabled": False}),

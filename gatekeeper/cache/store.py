@@ -131,23 +131,18 @@ class CacheStore:
         acks = self.acks
         if acks is None or not self._subject:
             return None
-        exp = self.clock() + ttl_s
-        try:
-            header, payload = seal_entry(
-                self.signing_key, self.node_id, kv_key, tenant, answer, exp
-            )
-        except UnicodeDecodeError:
+        sealed = self._seal(kv_key, tenant, answer, ttl_s)
+        if sealed is None or len(sealed[2]) > self.inline_max:
             return None
-        if len(payload) > self.inline_max:
-            return None
+        exp, header, payload = sealed
         value = header + b"\n" + payload
         ack = acks.send(self._subject + kv_key, value, None, self.timeout_s * 4)
 
         def acked(fut: asyncio.Future[int]) -> None:
-            if fut.cancelled() or fut.exception() is not None:
-                log.info(
-                    "cache.store_failed", key=kv_key[:80], error=type(fut.exception()).__name__
-                )
+            error = None if fut.cancelled() else fut.exception()
+            if fut.cancelled() or error is not None:
+                failed = "cancelled" if error is None else type(error).__name__
+                log.info("cache.store_failed", key=kv_key[:80], error=failed)
                 return
             self._stored(kv_key, tenant, answer, fut.result(), exp)
 
@@ -163,14 +158,24 @@ class CacheStore:
             node = self.node_id
             self.memory.keep(kv_key, tenant, answer, revision, exp, node, self._keys(node))
 
-    async def put(self, kv_key: str, tenant: str, answer: CachedAnswer, ttl_s: float) -> bool:
+    def _seal(
+        self, kv_key: str, tenant: str, answer: CachedAnswer, ttl_s: float
+    ) -> tuple[float, bytes, bytes] | None:
+        """``(exp, header line, payload)``; None for a stream that is not UTF-8."""
         exp = self.clock() + ttl_s
         try:
             header, payload = seal_entry(
                 self.signing_key, self.node_id, kv_key, tenant, answer, exp
             )
         except UnicodeDecodeError:
+            return None
+        return exp, header, payload
+
+    async def put(self, kv_key: str, tenant: str, answer: CachedAnswer, ttl_s: float) -> bool:
+        sealed = self._seal(kv_key, tenant, answer, ttl_s)
+        if sealed is None:
             return False
+        exp, header, payload = sealed
         try:
             async with asyncio.timeout(self.timeout_s * 4):
                 if len(payload) <= self.inline_max:
