@@ -1,6 +1,6 @@
 """The result cache end to end, one gateway, one run (issue 19's two bars).
 
-    .venv/bin/python -m bench.cache_ab [--rounds 7] [--requests 300]
+    .venv/bin/python -m bench.cache_ab [--rounds 7] [--requests 300] [--upstream-ms 0]
 
 Starts the bench upstream, a nats-server and one gateway with ``cache.enabled``, then
 alternates, round by round, three kinds of sequential requests on one keep-alive
@@ -11,6 +11,9 @@ connection:
   the signed store of the answer);
 * ``lookup``: the same with ``Cache-Control: no-store`` (the lookup and the miss only);
 * ``hit``: the same key asking one prompt again and again (served from ``BH_CACHE``).
+
+``--upstream-ms N``: the upstream waits N ms before each unary reply (a model's time to
+answer; 0, the default, answers at once).
 
 Printed: the median over rounds of each kind's p50 and p90 latency, then ``miss ÷ off``
 (the cost of a miss, bar ≤ 1.05×) and ``miss ÷ hit`` (how much faster a hit is, bar ≥ 5×).
@@ -55,12 +58,13 @@ def ask(
 
 
 def surroundings(
-    stack: contextlib.ExitStack, tmp: Path
+    stack: contextlib.ExitStack, tmp: Path, upstream_ms: float = 0.0
 ) -> tuple[EmbeddedNats, Issuer, Path, dict[str, Any]]:
     """What a cache bench's gateways need: the bench upstream (as a provider), a
     nats-server, an issuer and a cache secret file; stopped when ``stack`` closes."""
     up_port = free_port()
-    start_server(stack, "bench.upstream", [], tmp, up_port)
+    delay = ["--reply-delay-ms", str(upstream_ms)] if upstream_ms else []
+    start_server(stack, "bench.upstream", delay, tmp, up_port)
     nats = EmbeddedNats(tmp / "nats", name="cache-bench")
     stack.callback(nats.stop)
     nats.start()
@@ -80,10 +84,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--requests", type=int, default=300, help="per kind and round")
+    p.add_argument(
+        "--upstream-ms", type=float, default=0.0, help="the upstream's time to a unary reply"
+    )
     opts = p.parse_args()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gk-cache-ab-")))
-        nats, issuer, secret, provider = surroundings(stack, tmp)
+        nats, issuer, secret, provider = surroundings(stack, tmp, opts.upstream_ms)
         config = base_config(
             [provider],
             [chat_model(MODEL, "bench")],

@@ -1,6 +1,7 @@
 """A fast fake OpenAI upstream for benchmarks: a raw asyncio Protocol on uvloop.
 
     .venv/bin/python -m bench.upstream --port 9001 [--chunks 20] [--chunk-delay-ms 0]
+                                       [--reply-delay-ms 0]
 
 Answers, on 127.0.0.1 only, with HTTP/1.1 keep-alive:
 
@@ -155,7 +156,7 @@ def _http_chunk(data: bytes) -> bytes:
 class Replies:
     """Every byte string the server sends, built once at start."""
 
-    def __init__(self, chunks: int, chunk_delay_s: float) -> None:
+    def __init__(self, chunks: int, chunk_delay_s: float, reply_delay_s: float = 0.0) -> None:
         self.chat = _response("200 OK", completion_body())
         self.embeddings = _response("200 OK", embeddings_body())
         self.health = _response("200 OK", b"ok", b"text/plain")
@@ -183,6 +184,7 @@ class Replies:
         self.stream_chunks = [_http_chunk(e) for e in stream_events(chunks)]
         self.stream_all = self.stream_head + b"".join(self.stream_chunks) + b"0\r\n\r\n"
         self.chunk_delay_s = chunk_delay_s
+        self.reply_delay_s = reply_delay_s  # before a unary chat completion's reply
 
 
 class BadRequest(Exception):
@@ -301,7 +303,10 @@ class UpstreamProtocol(asyncio.Protocol):
         assert transport is not None
         r = self.replies
         if line.startswith(b"POST /v1/chat/completions"):
-            if _STREAM_RE.search(body) is None:
+            if _STREAM_RE.search(body) is None and r.reply_delay_s > 0:
+                self._busy = True
+                self._stream = asyncio.ensure_future(self._delayed(r.chat))
+            elif _STREAM_RE.search(body) is None:
                 transport.write(r.chat)
             elif r.chunk_delay_s <= 0:
                 transport.write(r.stream_all)
@@ -314,6 +319,18 @@ class UpstreamProtocol(asyncio.Protocol):
             transport.write(r.health)
         else:
             transport.write(r.not_found)
+
+    async def _delayed(self, reply: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        try:
+            await asyncio.sleep(self.replies.reply_delay_s)
+            if not self._closing:
+                transport.write(reply)
+        finally:
+            self._busy = False
+        if self._buf and not self._closing:
+            self._drain()
 
     async def _paced_stream(self) -> None:
         transport = self.transport
@@ -357,14 +374,21 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="pause between stream chunks (0: write the stream at once)",
     )
+    p.add_argument(
+        "--reply-delay-ms",
+        type=float,
+        default=0.0,
+        help="pause before a unary chat completion's reply (0: answer at once)",
+    )
     args = p.parse_args(argv)
+    replies = Replies(args.chunks, args.chunk_delay_ms / 1000, args.reply_delay_ms / 1000)
     try:
         import uvloop
     except ImportError:
         print("uvloop is not installed; falling back to asyncio", file=sys.stderr)
-        asyncio.run(serve(args.port, Replies(args.chunks, args.chunk_delay_ms / 1000)))
+        asyncio.run(serve(args.port, replies))
     else:
-        uvloop.run(serve(args.port, Replies(args.chunks, args.chunk_delay_ms / 1000)))
+        uvloop.run(serve(args.port, replies))
     return 0
 
 
