@@ -439,7 +439,11 @@ async def build_cache(
         timeout_s=config.cache.lookup_timeout_s,
         on_rejected=lambda reason: metrics.control_rejected("cache_entry", reason),
         index=index,
-        memory=AnswerMemory(config.cache.memory_bytes) if config.cache.memory_bytes else None,
+        memory=(
+            AnswerMemory(config.cache.memory_bytes, config.cache.memory_recheck_s)
+            if config.cache.memory_bytes
+            else None
+        ),
         acks=acks,  # started with the audit publisher
         subject=f"$KV.{CACHE_BUCKET}.",
     )

@@ -7,7 +7,9 @@ only while all of that still holds:
 
 * the key index is trusted and its latest revision for the key is the kept one (a
   delete, a purge, an overwrite by anyone, or a watch that broke: back to the bucket);
-* the entry has not expired;
+* the entry has not expired, and it was stored or last read from the bucket less than
+  ``recheck_s`` ago (a watch that stalls without breaking cannot keep a deleted
+  answer alive for longer than that; a hot key costs one read per ``recheck_s``);
 * the signing node's keys are the same as when it was verified (a new registration, a
   rotation: the entry is read and verified again);
 * the tenant is the one it was read for.
@@ -33,16 +35,17 @@ class Kept:
     tenant: str
     revision: int  # of the key in BH_CACHE
     exp: float  # unix time
+    checked: float  # unix time it was stored or read from the bucket
     node: str  # that signed it
     keys: tuple[bytes, ...]  # the signing node's registered keys when it was verified
     size: int
 
 
 class AnswerMemory:
-    __slots__ = ("_kept", "bytes", "max_bytes")
+    __slots__ = ("_kept", "bytes", "max_bytes", "recheck_s")
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int, recheck_s: float = 1.0) -> None:
+        self.max_bytes, self.recheck_s = max_bytes, recheck_s
         self.bytes = 0
         self._kept: OrderedDict[str, Kept] = OrderedDict()
 
@@ -67,6 +70,7 @@ class AnswerMemory:
             revision == 0
             or kept.revision != revision
             or kept.exp <= now
+            or now - kept.checked >= self.recheck_s
             or kept.tenant != tenant
             or kept.keys != tuple(keys_of(kept.node))
         ):
@@ -84,12 +88,13 @@ class AnswerMemory:
         exp: float,
         node: str,
         keys: Sequence[bytes],
+        now: float,
     ) -> None:
         size = len(answer.body) + sum(len(c) for c in answer.chunks) + len(key)
         if revision <= 0 or size > self.max_bytes:
             return
         self.forget(key)
-        self._kept[key] = Kept(answer, tenant, revision, exp, node, tuple(keys), size)
+        self._kept[key] = Kept(answer, tenant, revision, exp, now, node, tuple(keys), size)
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, old = self._kept.popitem(last=False)

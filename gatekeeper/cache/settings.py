@@ -25,6 +25,7 @@ class CacheConfig:
     index_max_keys: int = 500_000  # keys known locally (a miss without a read); 0: always read
     memory_bytes: int = 64 * 1024 * 1024  # verified answers kept per process (a hit without a
     # read, while the index says the entry is the key's latest); 0: every hit reads BH_CACHE
+    memory_recheck_s: float = 1.0  # a kept answer is read from BH_CACHE again after this long
     key_secret_file: str = ""  # the cluster's HMAC key of cache keys (embedded dev: created)
 
 
@@ -59,6 +60,7 @@ def parse_cache(data: object) -> CacheConfig:
             "coalesce",
             "index_max_keys",
             "memory_bytes",
+            "memory_recheck_s",
             "key_secret_file",
         }
     )
@@ -74,6 +76,7 @@ def parse_cache(data: object) -> CacheConfig:
         coalesce=s.flag("coalesce", True),
         index_max_keys=s.integer("index_max_keys", _DEFAULT.index_max_keys, minimum=0),
         memory_bytes=s.integer("memory_bytes", _DEFAULT.memory_bytes, minimum=0),
+        memory_recheck_s=s.number("memory_recheck_s", _DEFAULT.memory_recheck_s),
         key_secret_file=s.text("key_secret_file", ""),
     )
 

@@ -98,7 +98,8 @@ class CacheStore:
             answer = open_entry(header, payload, kv_key, tenant, self.clock(), self.keys_of)
             if memory is not None:
                 node, exp, revision = header["node"], header["exp"], entry.revision or 0
-                memory.keep(kv_key, tenant, answer, revision, exp, node, self._keys(node))
+                keys = self._keys(node)
+                memory.keep(kv_key, tenant, answer, revision, exp, node, keys, self.clock())
             return answer
         except EntryRejected as exc:
             log.warning("cache.entry_rejected", key=kv_key[:80], reason=exc.reason)
@@ -156,7 +157,8 @@ class CacheStore:
             self.index.stored(kv_key)
         if self.memory is not None:
             node = self.node_id
-            self.memory.keep(kv_key, tenant, answer, revision, exp, node, self._keys(node))
+            keys = self._keys(node)
+            self.memory.keep(kv_key, tenant, answer, revision, exp, node, keys, self.clock())
 
     def _seal(
         self, kv_key: str, tenant: str, answer: CachedAnswer, ttl_s: float

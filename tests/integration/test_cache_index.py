@@ -177,7 +177,7 @@ async def test_a_kept_answer_is_served_without_a_read_only_while_it_is_the_lates
             key,
             lambda node: (key.verify_key,),
             index=index,
-            memory=AnswerMemory(1 << 20),
+            memory=AnswerMemory(1 << 20, recheck_s=600),
             acks=acks,
             subject=f"$KV.{CACHE_BUCKET}.",
         )
@@ -223,7 +223,9 @@ async def test_a_kept_answer_is_served_without_a_read_only_while_it_is_the_lates
             await until(lambda: index.revision(name) != 0)
             assert (await store.get(name, "acme")) is not None and counting.reads == reads + 1
 
-            other = AnswerMemory(1 << 20)  # the gateway's way: sealed, published, no task
+            other = AnswerMemory(
+                1 << 20, recheck_s=600
+            )  # the gateway's way: sealed, published, no task
             store.memory = other
             ack = store.put_soon(name, "acme", answer, 60)
             assert ack is not None and await ack > index.revision(name) > 0
@@ -234,3 +236,46 @@ async def test_a_kept_answer_is_served_without_a_read_only_while_it_is_the_lates
             assert counting.reads == reads + 1
     await acks.stop()
     await nc.close()
+
+
+async def test_a_stalled_watch_keeps_a_deleted_answer_for_at_most_recheck_s(
+    nats_server: EmbeddedNats,
+) -> None:
+    """An index that hears nothing more (here: fed by hand, never told of the delete) lets
+    the memory serve the deleted answer only until ``recheck_s`` has passed since it was
+    stored; the next hit reads the bucket, finds nothing, and the key is known gone."""
+    key = SigningKey.generate()
+    name = f"{tenant_token('acme')}.{subject_token('m')}.{2:064x}"
+    answer = CachedAnswer("m", Usage(3, 2), body=b'{"ok": true}')
+    now = [1_000_000.0]
+    nc = await nats.connect(nats_server.url)
+    acks = AckedPublisher(nc)
+    await acks.start()
+    try:
+        async with bucket(nats_server.url) as kv:
+            index = KeyIndex(100)
+            index.caught_up()
+            store = CacheStore(
+                kv,
+                None,
+                "n1",
+                key,
+                lambda node: (key.verify_key,),
+                clock=lambda: now[0],
+                index=index,
+                memory=AnswerMemory(1 << 20, recheck_s=1.0),
+                acks=acks,
+                subject=f"$KV.{CACHE_BUCKET}.",
+            )
+            ack = store.put_soon(name, "acme", answer, 60)
+            assert ack is not None
+            index.stored(name, await ack)  # what the watch would have said, once
+            await kv.delete(name)  # the watch that would tell it is stalled
+            now[0] += 0.5
+            assert await store.get(name, "acme") is not None  # within recheck_s: kept
+            now[0] += 0.5
+            assert await store.get(name, "acme") is None  # read again: deleted
+            assert not index.may_hold(name)
+    finally:
+        await acks.stop()
+        await nc.close()

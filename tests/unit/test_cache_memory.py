@@ -28,7 +28,7 @@ def answer(body: bytes = b'{"ok": true}') -> CachedAnswer:
 
 def kept(key: str = "acme.k", revision: int = 5, exp: float = NOW + 60) -> AnswerMemory:
     memory = AnswerMemory(1 << 20)
-    memory.keep(key, "acme", answer(), revision, exp, "n1", keys_of("n1"))
+    memory.keep(key, "acme", answer(), revision, exp, "n1", keys_of("n1"), NOW)
     return memory
 
 
@@ -49,6 +49,12 @@ class TestAnswerMemory:
         memory = kept(exp=NOW + 1)
         assert memory.get("acme.k", "acme", 5, NOW + 1, keys_of) is None
 
+    def test_read_from_the_bucket_again_after_recheck_s(self) -> None:
+        memory = kept()  # recheck_s 1.0 by default
+        assert memory.get("acme.k", "acme", 5, NOW + 0.9, keys_of) is not None
+        assert memory.get("acme.k", "acme", 5, NOW + 1.0, keys_of) is None  # a stalled watch
+        assert len(memory) == 0  # the next hit reads, verifies and keeps it again
+
     def test_another_tenant_never_gets_it(self) -> None:
         memory = kept()
         assert memory.get("acme.k", "globex", 5, NOW, keys_of) is None
@@ -62,20 +68,20 @@ class TestAnswerMemory:
 
     def test_nothing_is_kept_without_a_revision(self) -> None:
         memory = AnswerMemory(1 << 20)
-        memory.keep("acme.k", "acme", answer(), 0, NOW + 60, "n1", keys_of("n1"))
+        memory.keep("acme.k", "acme", answer(), 0, NOW + 60, "n1", keys_of("n1"), NOW)
         assert len(memory) == 0
 
     def test_bounded_in_bytes_least_recently_used_out(self) -> None:
         body = b"x" * 400
         memory = AnswerMemory(1000)  # room for two (400 bytes of body + the key each)
         for i, key in enumerate(("a", "b")):
-            memory.keep(key, "acme", answer(body), i + 1, NOW + 60, "n1", keys_of("n1"))
+            memory.keep(key, "acme", answer(body), i + 1, NOW + 60, "n1", keys_of("n1"), NOW)
         assert memory.get("a", "acme", 1, NOW, keys_of) is not None  # "a" is now the newest
-        memory.keep("c", "acme", answer(body), 3, NOW + 60, "n1", keys_of("n1"))
+        memory.keep("c", "acme", answer(body), 3, NOW + 60, "n1", keys_of("n1"), NOW)
         assert memory.get("b", "acme", 2, NOW, keys_of) is None  # the least recently used
         assert memory.get("a", "acme", 1, NOW, keys_of) is not None
         assert memory.bytes <= 1000 and len(memory) == 2
-        memory.keep("big", "acme", answer(b"y" * 2000), 4, NOW + 60, "n1", keys_of("n1"))
+        memory.keep("big", "acme", answer(b"y" * 2000), 4, NOW + 60, "n1", keys_of("n1"), NOW)
         assert memory.get("big", "acme", 4, NOW, keys_of) is None  # bigger than the whole
         assert len(memory) == 2
 
