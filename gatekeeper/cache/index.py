@@ -15,7 +15,7 @@ It can be wrong in two harmless directions:
   where a hit was possible (one more upstream call, as if the request had come earlier).
 
 It never makes an answer by itself. It also keeps, for each key, the bucket revision the
-watch last delivered: a verified answer kept in memory (``cache.memory``) is served again
+watch last delivered: a verified answer kept in memory (``cache.memory_bytes``) is served again
 only while that revision is still the key's latest, so a delete, a purge, an overwrite
 (a forged one too) or a watch that is not trusted sends the lookup back to the bucket.
 """
