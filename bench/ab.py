@@ -1,7 +1,7 @@
 """This build against another, round by round: CPU per request from ``/proc``.
 
     .venv/bin/python -m bench.ab --baseline ../before [--rounds 6] [--connections 32]
-                                 [--duration 5] [--streams 0] [--chunks 20]
+                                 [--duration 5] [--streams 0] [--chunks 20] [--keys 1]
 
 Starts one ``bench.upstream`` and, in front of it, this tree's gateway and the baseline
 tree's (``bench/baseline_build.py``; each with its own nats-server), then alternates
@@ -51,6 +51,7 @@ class Build:
     url: str
     token: str
     pid: int  # its process tree is measured
+    tokens: tuple[str, ...] = ()  # wrk takes these in turn instead of ``token`` (many keys)
 
 
 def paired(ours: list[Round], theirs: list[Round], field: str) -> float:
@@ -67,11 +68,19 @@ def measure(build: Build, opts: argparse.Namespace) -> Round:
             raise RuntimeError(f"{build.name}: {s.failed} streams failed")
         spent = cpu_seconds(pids) - before
         return Round(s.chunks_per_s, spent / opts.streams * 1e6, s.ttft_p50_ms)
-    w, _ = run_wrk(build.url, opts.connections, opts.duration, build.token)
+    w, _ = run_wrk(build.url, opts.connections, opts.duration, build.token, tokens=build.tokens)
     if w.non_2xx or w.socket_errors:
         raise RuntimeError(f"{build.name}: {w.non_2xx} non-2xx, {w.socket_errors} socket errors")
     spent = cpu_seconds(pids) - before
     return Round(w.rps, spent / max(1, w.requests) * 1e6, w.p50_ms)
+
+
+def spread(issuer: Issuer, n: int) -> tuple[str, ...]:
+    """``n`` keys of their own tenants (none for 1: the build's one token is used)."""
+    if n <= 1:
+        return ()
+    limits = {"budget_tokens": 10**12, "rpm": 10**9, "tpm": 10**12}
+    return tuple(issuer.token(f"bench-{i}", **limits) for i in range(n))
 
 
 def main() -> None:
@@ -82,6 +91,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--streams", type=int, default=0, help="N streams per round instead of wrk")
     p.add_argument("--chunks", type=int, default=20, help="content chunks per upstream stream")
+    p.add_argument("--keys", type=int, default=1, help="wrk: spread requests over N keys")
     opts = p.parse_args()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gk-ab-")))
@@ -96,8 +106,14 @@ def main() -> None:
         assert gw.proc is not None
         token = issuer.token("bench", budget_tokens=10**12, rpm=10**9, tpm=10**12)
         base = baseline_build.start(opts.baseline, upstream, tmp, stack)
-        ours = Build("this build", gw.url, token, gw.proc.pid)
-        theirs = Build(base.label, base.url, base.token, base.pid)
+        ours = Build("this build", gw.url, token, gw.proc.pid, spread(issuer, opts.keys))
+        theirs = Build(
+            base.label,
+            base.url,
+            base.token,
+            base.pid,
+            spread(Issuer(tmp / "baseline" / "issuer"), opts.keys),
+        )
         for build in (ours, theirs):  # warm-up, not counted
             run_wrk(build.url, opts.connections, 2, build.token)
         results: dict[str, list[Round]] = {ours.name: [], theirs.name: []}

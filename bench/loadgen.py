@@ -21,7 +21,7 @@ import signal
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -123,12 +123,15 @@ def run_wrk(
     headers: dict[str, str] | None = None,
     path: str = CHAT_PATH,
     unique: bool = False,
+    tokens: Sequence[str] = (),
 ) -> tuple[WrkResult, str]:
     """One bounded wrk run against ``base_url`` + ``path``; returns (figures, raw report).
-    ``unique``: no two requests alike (each message content gets its own prefix)."""
+    ``unique``: no two requests alike (each message content gets its own prefix).
+    ``tokens``: requests take these in turn instead of ``token`` (many keys)."""
     url = loopback_only(base_url.rstrip("/") + path)
     env = {**os.environ, "BENCH_TOKEN": token or "", "BENCH_BODY": body, "BENCH_PATH": path}
     env["BENCH_UNIQUE"] = str(time.time_ns() % 1_000_000_007) if unique else ""
+    env["BENCH_TOKENS"] = "\n".join(tokens)
     env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())
     seconds = max(1, round(duration_s))
     cmd = [

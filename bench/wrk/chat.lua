@@ -24,14 +24,29 @@ if extra ~= nil then
 end
 -- BENCH_UNIQUE  a seed: every request's first "content" gets its own prefix (no two
 --               requests alike, e.g. a result cache's 0 % hit rate)
+-- BENCH_TOKENS  bearer tokens, one per line: requests take them in turn (many keys,
+--               each with its own budget counters), instead of BENCH_TOKEN
 local unique = os.getenv("BENCH_UNIQUE")
-if unique ~= nil and unique ~= "" then
-  math.randomseed(tonumber(unique))
+if unique == "" then unique = nil end
+local tokens = {}
+for line in (os.getenv("BENCH_TOKENS") or ""):gmatch("[^\n]+") do
+  tokens[#tokens + 1] = line
+end
+if unique ~= nil or #tokens > 0 then
+  if unique ~= nil then math.randomseed(tonumber(unique)) end
   local n = 0
+  local headers = {}
+  for name, value in pairs(wrk.headers) do headers[name] = value end
   request = function()
     n = n + 1
-    local prefix = '"content":"' .. n .. "-" .. math.random(1000000000) .. " "
-    local body = wrk.body:gsub('"content":"', prefix, 1)
-    return wrk.format(nil, nil, nil, body)
+    local body = wrk.body
+    if unique ~= nil then
+      local prefix = '"content":"' .. n .. "-" .. math.random(1000000000) .. " "
+      body = body:gsub('"content":"', prefix, 1)
+    end
+    if #tokens > 0 then
+      headers["Authorization"] = "Bearer " .. tokens[(n % #tokens) + 1]
+    end
+    return wrk.format(nil, nil, headers, body)
   end
 end

@@ -9,10 +9,12 @@
   or going back on an accepted one is refused, counted and reported (rate-limited).
   One from a node not registered *yet* waits (bounded) until its registration arrives.
 * After a reserve or settle the changed own slots are published within
-  ``FAST_FLUSH_S`` (core publish to the bucket's subject, no round trip; changes in
-  that window are coalesced, one message per changed slot). Every ``interval`` the
-  slots not yet acknowledged are put again with an acked ``put`` (this is what
-  survives outages).
+  ``FAST_FLUSH_S`` (changes in that window are coalesced, one message per changed
+  slot, all of them under one signature: ``control.slots.sign_slots``) by a core
+  publish to the bucket's subject (no round trip). The node's own watch delivers
+  each stored value back: that echo is its acknowledgement, and the slot leaves
+  ``unacked``. Every ``interval`` the slots not echoed yet are put again with an
+  acked ``put`` (this is what survives outages).
 * At start a node loads its own slots before it admits traffic (no budget
   resurrection after SIGKILL), verified like any other (a forged own slot is not
   loaded), and the watcher merges every other node's slots.
@@ -44,7 +46,7 @@ from gatekeeper.bus.putback import PutBack
 from gatekeeper.bus.streams import BUDGET_BUCKET
 from gatekeeper.control.envelope import ControlValueRejected
 from gatekeeper.control.reporting import Rejections
-from gatekeeper.control.slots import SlotVerifier, sign_slot
+from gatekeeper.control.slots import SlotVerifier, sign_slots
 from gatekeeper.internal.crdt import PNSlot
 
 log = structlog.get_logger("gatekeeper.gossip")
@@ -142,23 +144,38 @@ class Gossip:
 
     def signed(self, cid: str, slot: PNSlot) -> bytes:
         """This node's signed value for ``slot`` (signed once per distinct slot)."""
-        held = self._signed.get(cid)
-        if held is not None and held[0] == slot:
-            return held[1]
-        kv_key = f"{cid}.{self.node_id}"
-        value = sign_slot(self.signing_key, kv_key, slot)
-        self._signed[cid] = (slot, value)
-        self.verifier.remember(kv_key, value, slot)  # its echo is not verified again
-        return value
+        return self.values([(cid, slot)])[0]
+
+    def values(self, slots: list[tuple[str, PNSlot]]) -> list[bytes]:
+        """This node's signed values for ``slots``: those not signed yet, under one
+        signature (per ``MAX_BATCH``); a slot signed before keeps its value."""
+        held = self._signed
+        fresh = [(cid, slot) for cid, slot in slots if held.get(cid, (None,))[0] != slot]
+        if fresh:
+            node = self.node_id
+            keys = [f"{cid}.{node}" for cid, _ in fresh]
+            signed = sign_slots(
+                self.signing_key, list(zip(keys, (s for _, s in fresh), strict=True))
+            )
+            for (cid, slot), kv_key, value in zip(fresh, keys, signed, strict=True):
+                held[cid] = (slot, value)
+                self.verifier.remember(kv_key, value, slot)  # its echo is not verified again
+        return [held[cid][1] for cid, _ in slots]
 
     def _fast_flush(self) -> None:
         self._flush_scheduled = False
-        for cid, slot in self._collect():
-            self.outbox.put(f"$KV.{BUDGET_BUCKET}.{cid}.{self.node_id}", self.signed(cid, slot))
+        slots = self._collect()
+        if not slots:
+            return
+        prefix = f"$KV.{BUDGET_BUCKET}."
+        node = self.node_id
+        for (cid, _), value in zip(slots, self.values(slots), strict=True):
+            self.outbox.put(f"{prefix}{cid}.{node}", value)
 
     async def _put_unacked(self) -> None:
-        for cid, slot in list(self.unacked.items()):
-            await self.kv.put(f"{cid}.{self.node_id}", self.signed(cid, slot))
+        slots = list(self.unacked.items())
+        for (cid, slot), value in zip(slots, self.values(slots), strict=True):
+            await self.kv.put(f"{cid}.{self.node_id}", value)
             if self.unacked.get(cid) == slot:
                 del self.unacked[cid]
 
@@ -237,6 +254,8 @@ class Gossip:
             return
         if node == self.node_id:
             self.ledger.load_own(cid, slot)
+            if self.unacked.get(cid) == slot:  # stored: the echo is its acknowledgement
+                del self.unacked[cid]
         else:
             self.ledger.merge_remote(cid, node, slot)
 

@@ -324,6 +324,45 @@ class TestForgedSlots:
         # reports are rate-limited: fewer events than forged messages x nodes
         assert len([e for e in bus.rejections if e["kind"] == "slot"]) <= 2 * 10 + 2
 
+    async def test_a_flush_of_many_keys_is_signed_once_and_reaches_peers_without_the_periodic_put(
+        self, start_gateway: StartGateway, fake_openai: FakeOpenAI, issuer: Issuer, bus: Bus
+    ) -> None:
+        """40 keys used at once: their slots go out under shared signatures (a batch per
+        flush, not one per counter) by the fast flush alone (the periodic put is an hour
+        away), and the other node accepts every one of them."""
+        slow_put = {"gossip_interval_ms": 3_600_000}
+        a, b = (
+            start_gateway(
+                providers=[openai_provider("openai", fake_openai)], models=MODELS, limits=slow_put
+            )
+            for _ in range(2)
+        )
+        tokens = [issuer.token(budget_tokens=10**6, budget_period="total") for _ in range(40)]
+        spent = issuer.token(budget_tokens=40, budget_period="total")
+        async with httpx.AsyncClient(timeout=10) as client:
+            replies = await asyncio.gather(
+                *(
+                    client.post(
+                        f"{a.base_url}/chat/completions",
+                        headers={"authorization": f"Bearer {t}"},
+                        json=BODY,
+                    )
+                    for t in [*tokens, spent]
+                )
+            )
+        assert all(r.status_code == 200 for r in replies)
+        while chat(a, spent).status_code == 200:
+            pass
+        kv = await bus.kv(BUDGET_BUCKET)
+        counters = await budget_counters(kv, 41)
+        own = node_id(a)
+        values = [await wait_value(kv, f"{cid}.{own}") for cid in counters]
+        signatures = {v.split(b" ")[1] for v in values}
+        assert all(v.count(b" ") == 2 for v in values)  # slot, batch signature, path
+        assert len(signatures) < len(values) / 2
+        await wait_status(b, spent, 429, within=5.0)  # b merged a's slots
+        assert rejected_total(b, "slot") == 0
+
     async def test_a_forged_own_slot_is_not_loaded_at_start(
         self, start_gateway: StartGateway, fake_openai: FakeOpenAI, issuer: Issuer, bus: Bus
     ) -> None:

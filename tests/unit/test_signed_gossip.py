@@ -13,7 +13,14 @@ from gatekeeper.control.envelope import ControlValueRejected, seal
 from gatekeeper.control.node_events import open_event, sign_event
 from gatekeeper.control.registry import NodeKeyRegistry, node_key_kv_key, registration_body
 from gatekeeper.control.reporting import RateGate, Rejections
-from gatekeeper.control.slots import ABSOLUTE_CAP, RECENT, SlotVerifier, sign_slot
+from gatekeeper.control.slots import (
+    ABSOLUTE_CAP,
+    MAX_BATCH,
+    RECENT,
+    SlotVerifier,
+    sign_slot,
+    sign_slots,
+)
 from gatekeeper.internal.crdt import PNSlot
 
 OPERATOR = SigningKey(b"\x01" * 32)
@@ -148,6 +155,119 @@ class TestSlots:
         slot = PNSlot(max(p, n), min(p, n))
         value = sign_slot(NODE_A, f"{CID}.a", slot)
         assert SlotVerifier(registry()).check(f"{CID}.a", CID, "a", value) == slot
+
+
+def batch(signer: SigningKey, node: str, n: int, first: int = 1) -> list[tuple[str, bytes]]:
+    """``n`` counters' slots of ``node`` signed in one flush: (kv key, value) pairs."""
+    keys = [f"tok.key_{first + i}.total.{node}" for i in range(n)]
+    values = sign_slots(signer, [(k, PNSlot(10 + i, i)) for i, k in enumerate(keys)])
+    return list(zip(keys, values, strict=True))
+
+
+def check(verifier: SlotVerifier, kv_key: str, value: bytes) -> PNSlot:
+    cid, _, node = kv_key.rpartition(".")
+    return verifier.check(kv_key, cid, node, value)
+
+
+def refused(verifier: SlotVerifier, kv_key: str, value: bytes) -> str:
+    with pytest.raises(ControlValueRejected) as info:
+        check(verifier, kv_key, value)
+    return info.value.reason
+
+
+class TestBatches:
+    """One signature over a flush's slots (a Merkle root); each value carries its path."""
+
+    @pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 200, MAX_BATCH, MAX_BATCH + 1])
+    def test_every_slot_of_a_batch_is_accepted(self, n: int) -> None:
+        verifier = SlotVerifier(registry())
+        for i, (kv_key, value) in enumerate(batch(NODE_A, "a", n)):
+            assert check(verifier, kv_key, value) == PNSlot(10 + i, i)
+
+    def test_a_batch_costs_one_signature_check(self) -> None:
+        verifier = SlotVerifier(registry())
+        for kv_key, value in batch(NODE_A, "a", 200):
+            check(verifier, kv_key, value)
+        assert verifier.signatures == 1
+
+    def test_more_than_max_batch_slots_are_signed_in_several_batches(self) -> None:
+        verifier = SlotVerifier(registry())
+        for kv_key, value in batch(NODE_A, "a", MAX_BATCH * 2 + 1):
+            check(verifier, kv_key, value)
+        assert verifier.signatures == 3
+
+    def test_values_stay_small(self) -> None:
+        longest = max(len(v) for _, v in batch(NODE_A, "a", MAX_BATCH))
+        assert longest <= 640
+
+    def test_a_value_replayed_under_another_counter(self) -> None:
+        pairs = batch(NODE_A, "a", 4)
+        value = pairs[0][1]
+        assert refused(SlotVerifier(registry()), pairs[1][0], value) == "bad_signature"
+        assert refused(SlotVerifier(registry()), "tok.key_99.total.a", value) == "bad_signature"
+
+    def test_a_value_with_its_slot_changed(self) -> None:
+        verifier = SlotVerifier(registry())
+        kv_key, value = batch(NODE_A, "a", 4)[2]
+        check(verifier, *batch(NODE_A, "a", 4)[0])  # the root is known and cached
+        forged = PNSlot(0, 0).to_bytes() + value[value.index(b" ") :]
+        assert refused(verifier, kv_key, forged) == "bad_signature"
+
+    def test_a_tampered_path(self) -> None:
+        from gatekeeper.auth.paseto import b64decode, b64encode
+
+        kv_key, value = batch(NODE_A, "a", 4)[1]
+        head, _, path = value.rpartition(b" ")
+        raw = bytearray(b64decode(path.decode()))
+        raw[5] ^= 1
+        flipped = head + b" " + b64encode(bytes(raw)).encode()
+        assert refused(SlotVerifier(registry()), kv_key, flipped) == "bad_signature"
+        raw[0] = 7  # neither side
+        bad_side = head + b" " + b64encode(bytes(raw)).encode()
+        assert refused(SlotVerifier(registry()), kv_key, bad_side) == "malformed"
+        too_deep = head + b" " + b64encode(b"\x00" + bytes(32) * 1 + bytes(33) * 9).encode()
+        assert refused(SlotVerifier(registry()), kv_key, too_deep) in {"malformed", "oversized"}
+
+    def test_an_attackers_batch(self) -> None:
+        for kv_key, value in batch(ATTACKER, "a", 3):
+            assert refused(SlotVerifier(registry()), kv_key, value) == "bad_signature"
+
+    def test_another_nodes_batch_for_this_node(self) -> None:
+        """Node b's key cannot sign node a's slots, in a batch either."""
+        for kv_key, value in batch(NODE_B, "a", 3):
+            assert refused(SlotVerifier(registry()), kv_key, value) == "bad_signature"
+
+    def test_a_rotated_out_keys_batch(self) -> None:
+        reg = registry()
+        old = batch(NODE_A, "a", 3)
+        register(reg, "a", 2, NODE_A2, NODE_A)
+        verifier = SlotVerifier(reg)
+        kv_key, value = old[0]
+        assert refused(verifier, kv_key, value) == "bad_signature"
+        cid = kv_key.rpartition(".")[0]
+        assert verifier.check(kv_key, cid, "a", value, any_key=True) == PNSlot(10, 0)
+        # accepted from the old key for the node's own read-back, not remembered for peers
+        assert refused(verifier, *old[1]) == "bad_signature"
+
+    def test_a_rotation_forgets_verified_roots(self) -> None:
+        reg = registry()
+        verifier = SlotVerifier(reg)
+        pairs = batch(NODE_A, "a", 3)
+        check(verifier, *pairs[0])
+        register(reg, "a", 2, NODE_A2, NODE_A)
+        verifier.forget_keys()
+        assert refused(verifier, *pairs[1]) == "bad_signature"
+
+    @given(
+        st.lists(st.tuples(st.integers(0, 2**40), st.integers(0, 2**40)), min_size=1, max_size=40)
+    )
+    def test_any_genuine_batch_round_trips(self, pn: list[tuple[int, int]]) -> None:
+        slots = [PNSlot(max(p, n), min(p, n)) for p, n in pn]
+        keys = [f"tok.key_{i}.total.a" for i in range(len(slots))]
+        verifier = SlotVerifier(registry())
+        values = sign_slots(NODE_A, list(zip(keys, slots, strict=True)))
+        for kv_key, value, slot in zip(keys, values, slots, strict=True):
+            assert check(verifier, kv_key, value) == slot
 
 
 class TestNodeEvents:
