@@ -35,7 +35,7 @@ from bench.run import launch_gateway, start_server
 from gatekeeper.bus.embedded import EmbeddedNats, free_port
 from tests.harness.gateway import Issuer
 
-__all__ = ["Round", "main", "paired"]
+__all__ = ["Round", "alternate", "main", "paired", "report_ratios", "spread"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +73,41 @@ def measure(build: Build, opts: argparse.Namespace) -> Round:
         raise RuntimeError(f"{build.name}: {w.non_2xx} non-2xx, {w.socket_errors} socket errors")
     spent = cpu_seconds(pids) - before
     return Round(w.rps, spent / max(1, w.requests) * 1e6, w.p50_ms)
+
+
+def alternate(
+    ours: Build, theirs: Build, opts: argparse.Namespace
+) -> tuple[list[Round], list[Round]]:
+    """Both warmed up, then ``opts.rounds`` rounds of each, alternating which goes first
+    (even rounds ``ours``); each round printed as it ends."""
+    for build in (ours, theirs):  # warm-up, not counted
+        run_wrk(build.url, opts.connections, 2, build.token)
+    mine: list[Round] = []
+    other: list[Round] = []
+    for i in range(opts.rounds):
+        for build in (ours, theirs) if i % 2 == 0 else (theirs, ours):
+            (mine if build is ours else other).append(measure(build, opts))
+        a, b = mine[-1], other[-1]
+        print(
+            f"round {i + 1}: {ours.name} {a.throughput:9.0f}/s {a.cpu_us:6.0f} µs"
+            f" {a.p50_ms:7.3f} ms | {theirs.name} {b.throughput:9.0f}/s {b.cpu_us:6.0f} µs"
+            f" {b.p50_ms:7.3f} ms",
+            flush=True,
+        )
+    return mine, other
+
+
+def report_ratios(mine: list[Round], other: list[Round], opts: argparse.Namespace) -> None:
+    """Throughput, CPU and p50: the median over rounds of ours ÷ theirs."""
+    unit = "chunks/s" if opts.streams else "req/s"
+    what = "stream" if opts.streams else "request"
+    for field, label in (
+        ("throughput", unit),
+        ("cpu_us", f"CPU per {what}"),
+        ("p50_ms", "TTFT p50" if opts.streams else "p50"),
+    ):
+        ratio = paired(mine, other, field)
+        print(f"{label}: {ratio:.3f}× (median of {opts.rounds} paired rounds)")
 
 
 def spread(issuer: Issuer, n: int) -> tuple[str, ...]:
@@ -114,27 +149,8 @@ def main() -> None:
             base.pid,
             spread(Issuer(tmp / "baseline" / "issuer"), opts.keys),
         )
-        for build in (ours, theirs):  # warm-up, not counted
-            run_wrk(build.url, opts.connections, 2, build.token)
-        results: dict[str, list[Round]] = {ours.name: [], theirs.name: []}
-        for i in range(opts.rounds):
-            for build in (ours, theirs) if i % 2 == 0 else (theirs, ours):
-                results[build.name].append(measure(build, opts))
-            a, b = results[ours.name][-1], results[theirs.name][-1]
-            print(
-                f"round {i + 1}: this {a.throughput:9.0f}/s {a.cpu_us:6.0f} µs {a.p50_ms:7.3f} ms"
-                f" | {theirs.name} {b.throughput:9.0f}/s {b.cpu_us:6.0f} µs {b.p50_ms:7.3f} ms",
-                flush=True,
-            )
-        unit = "chunks/s" if opts.streams else "req/s"
-        what = "stream" if opts.streams else "request"
-        for field, label in (
-            ("throughput", unit),
-            ("cpu_us", f"CPU per {what}"),
-            ("p50_ms", "TTFT p50" if opts.streams else "p50"),
-        ):
-            ratio = paired(results[ours.name], results[theirs.name], field)
-            print(f"{label}: {ratio:.3f}× (median of {opts.rounds} paired rounds)")
+        mine, other = alternate(ours, theirs, opts)
+        report_ratios(mine, other, opts)
 
 
 if __name__ == "__main__":

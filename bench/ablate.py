@@ -30,8 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench import baseline_build
-from bench.ab import Build, Round, measure, paired, spread
-from bench.loadgen import run_wrk
+from bench.ab import Build, alternate, report_ratios, spread
 from bench.run import start_server
 from gatekeeper.bus.embedded import free_port
 from tests.harness.gateway import Issuer
@@ -87,29 +86,10 @@ def main() -> None:
         label = "+".join(opts.off) + " off"
         ours = Build("whole", whole.url, whole.token, whole.pid, keys(tmp / "whole", opts.keys))
         theirs = Build(label, part.url, part.token, part.pid, keys(tmp / "ablated", opts.keys))
-        for build in (ours, theirs):  # warm-up, not counted
-            run_wrk(build.url, opts.connections, 2, build.token)
-        results: dict[str, list[Round]] = {ours.name: [], theirs.name: []}
-        for i in range(opts.rounds):
-            for build in (ours, theirs) if i % 2 == 0 else (theirs, ours):
-                results[build.name].append(measure(build, opts))
-            a, b = results[ours.name][-1], results[theirs.name][-1]
-            print(
-                f"round {i + 1}: whole {a.throughput:9.0f}/s {a.cpu_us:6.0f} µs {a.p50_ms:7.3f} ms"
-                f" | {label} {b.throughput:9.0f}/s {b.cpu_us:6.0f} µs {b.p50_ms:7.3f} ms",
-                flush=True,
-            )
-        unit = "chunks/s" if opts.streams else "req/s"
-        what = "stream" if opts.streams else "request"
-        spread = f", {opts.keys} keys" if opts.keys > 1 else ""
-        print(f"{baseline_build.commit_of(opts.tree)}{spread}: whole ÷ {label}")
-        for field, name in (
-            ("cpu_us", f"CPU per {what}"),
-            ("throughput", unit),
-            ("p50_ms", "TTFT p50" if opts.streams else "p50"),
-        ):
-            ratio = paired(results[ours.name], results[theirs.name], field)
-            print(f"{name}: {ratio:.3f}× (median of {opts.rounds} paired rounds)")
+        mine, other = alternate(ours, theirs, opts)
+        many = f", {opts.keys} keys" if opts.keys > 1 else ""
+        print(f"{baseline_build.commit_of(opts.tree)}{many}: whole ÷ {label}")
+        report_ratios(mine, other, opts)
 
 
 if __name__ == "__main__":
