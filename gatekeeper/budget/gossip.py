@@ -249,13 +249,18 @@ class Gossip:
             self.rejections.reject("slot", key, "bad_key")
             return
         cid, node = parsed
+        if node == self.node_id:
+            held = self._signed.get(cid)
+            if held is not None and held[1] == value:  # our latest, back from the bucket:
+                self.good[key] = value  # stored (its acknowledgement), nothing to merge
+                if self.unacked.get(cid) == held[0]:
+                    del self.unacked[cid]
+                return
         slot = self._accept(key, cid, node, value)
         if slot is None:
             return
         if node == self.node_id:
             self.ledger.load_own(cid, slot)
-            if self.unacked.get(cid) == slot:  # stored: the echo is its acknowledgement
-                del self.unacked[cid]
         else:
             self.ledger.merge_remote(cid, node, slot)
 
