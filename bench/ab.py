@@ -35,7 +35,7 @@ from bench.run import launch_gateway, start_server
 from gatekeeper.bus.embedded import EmbeddedNats, free_port
 from tests.harness.gateway import Issuer
 
-__all__ = ["Round", "alternate", "main", "paired", "report_ratios", "spread"]
+__all__ = ["Round", "alternate", "main", "paired", "parse_rounds", "report_ratios", "spread"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +73,20 @@ def measure(build: Build, opts: argparse.Namespace) -> Round:
         raise RuntimeError(f"{build.name}: {w.non_2xx} non-2xx, {w.socket_errors} socket errors")
     spent = cpu_seconds(pids) - before
     return Round(w.rps, spent / max(1, w.requests) * 1e6, w.p50_ms)
+
+
+def parse_rounds(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """``p``'s arguments, with the options of the paired rounds added (``alternate``)."""
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    p.add_argument("--streams", type=int, default=0, help="N streams per round instead of wrk")
+    p.add_argument("--chunks", type=int, default=20, help="content chunks per upstream stream")
+    p.add_argument("--keys", type=int, default=1, help="wrk: spread requests over N keys")
+    opts = p.parse_args()
+    if opts.keys > 1 and opts.streams:
+        p.error("--keys is for wrk runs, not --streams")
+    return opts
 
 
 def alternate(
@@ -121,13 +135,7 @@ def spread(issuer: Issuer, n: int) -> tuple[str, ...]:
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", type=Path, required=True, help="a checkout with its .venv")
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
-    p.add_argument("--streams", type=int, default=0, help="N streams per round instead of wrk")
-    p.add_argument("--chunks", type=int, default=20, help="content chunks per upstream stream")
-    p.add_argument("--keys", type=int, default=1, help="wrk: spread requests over N keys")
-    opts = p.parse_args()
+    opts = parse_rounds(p)
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gk-ab-")))
         port = free_port()

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench import baseline_build
-from bench.ab import Build, alternate, report_ratios, spread
+from bench.ab import Build, alternate, parse_rounds, report_ratios, spread
 from bench.run import start_server
 from gatekeeper.bus.embedded import free_port
 from tests.harness.gateway import Issuer
@@ -66,15 +66,7 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.ablate", description=__doc__.split("\n\n")[0])
     p.add_argument("--off", action="append", required=True, help="a part (repeatable)")
     p.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent)
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
-    p.add_argument("--streams", type=int, default=0, help="N streams per round instead of wrk")
-    p.add_argument("--chunks", type=int, default=20, help="content chunks per upstream stream")
-    p.add_argument("--keys", type=int, default=1, help="wrk: spread requests over N keys")
-    opts = p.parse_args()
-    if opts.keys > 1 and opts.streams:
-        p.error("--keys is for wrk runs, not --streams")
+    opts = parse_rounds(p)
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gk-ablate-")))
         port = free_port()
